@@ -1,0 +1,58 @@
+"""`lmforge pretrain`: train a model with any objective through the one training engine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..config import add_dataclass_flags, flags_to_dict, from_dict, load_file
+from ..errors import ConfigError
+from ..models.config import ModelConfig
+from ..training import TrainConfig, load_run_config, pretrain
+
+MODEL_FLAGS_SKIP = ("dropout",)  # TrainConfig.dropout covers it
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "pretrain", help="pretrain a language model on a prepared dataset",
+        description="Train a model with an objective (causal_lm) on a dataset made by "
+                    "`lmforge prepare`. Every config field is a flag; --config reads a YAML/TOML "
+                    "file of the same fields; flags override the file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML or TOML file of training fields")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_dataclass_flags(p, TrainConfig, skip=("model_args",))
+    add_dataclass_flags(p, ModelConfig, group="model architecture (new models only)",
+                        skip=MODEL_FLAGS_SKIP)
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults < --config file < flags. Model architecture flags go to ``model_args``."""
+    data = load_file(args.config) if args.config else {}
+    model_args = dict(data.pop("model_args", None) or {})
+    model_args.update(flags_to_dict(args, ModelConfig))
+    for key in MODEL_FLAGS_SKIP:
+        model_args.pop(key, None)
+    data.update(flags_to_dict(args, TrainConfig))
+    if model_args:
+        data["model_args"] = model_args
+    return from_dict(TrainConfig, data, where=args.config or "command line")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.resume:
+        overrides = flags_to_dict(args, TrainConfig)
+        if flags_to_dict(args, ModelConfig):
+            raise ConfigError("architecture flags cannot change when resuming a run")
+        cfg = load_run_config(args.resume, overrides)
+        result = pretrain(cfg, resume=True)
+    else:
+        cfg = config_from_args(args)
+        result = pretrain(cfg, overwrite=args.overwrite)
+    summary = {k: v for k, v in result.items() if k in ("step", "train_loss", "val_loss", "val_ppl",
+                                                        "best_val_loss", "interrupted")}
+    print(json.dumps(summary))
+    return 130 if result.get("interrupted") else 0

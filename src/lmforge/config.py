@@ -1,0 +1,141 @@
+"""Typed dataclass configs: load from YAML/TOML, override from CLI flags, validate, save.
+
+Every config is a plain dataclass. ``build_parser_args`` turns its fields into argparse flags of
+the same name (``--batch_size`` and ``--batch-size``), so a saved YAML file and a command line
+are interchangeable, litgpt-style.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _base_type(tp: Any) -> Any:
+    """Strip Optional[...] / ``X | None`` to X."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else str
+    return tp
+
+
+def _parse_bool(text: str) -> bool:
+    low = str(text).strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def coerce(cls: type, name: str, value: Any) -> Any:
+    """Convert ``value`` to the annotated type of field ``name``, or raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    tp = hints[name]
+    if value is None:
+        return None
+    base = _base_type(tp)
+    try:
+        if base is bool:
+            return value if isinstance(value, bool) else _parse_bool(value)
+        if base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"expected an integer, got {value}")
+            if isinstance(value, str):
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError(f"expected an integer, got {value}")
+            return int(value)
+        if base is float:
+            return float(value)
+        if base is str:
+            return str(value)
+        if typing.get_origin(base) is dict or base is dict:
+            if isinstance(value, str):
+                value = json.loads(value)
+            if not isinstance(value, dict):
+                raise ValueError("expected a mapping")
+            return dict(value)
+        if typing.get_origin(base) is list or base is list:
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v]
+            return list(value)
+    except (ValueError, TypeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"config field '{name}': {exc}") from None
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T:
+    """Build dataclass ``cls`` from a mapping; unknown keys are an error naming the key."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    obj = cls(**{k: coerce(cls, k, v) for k, v in data.items()})
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate()
+    return obj
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) config file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot parse config file {path}: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of field: value")
+    return data
+
+
+def save_yaml(obj: Any, path: str | Path) -> None:
+    """Write a dataclass (or dict) as YAML."""
+    data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, group: str | None = None,
+                        skip: tuple[str, ...] = ()) -> None:
+    """Add one flag per field of ``cls``; defaults are SUPPRESS so only given flags appear."""
+    target = parser.add_argument_group(group) if group else parser
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flags = [f"--{f.name}"]
+        if "_" in f.name:
+            flags.append(f"--{f.name.replace('_', '-')}")
+        base = _base_type(hints[f.name])
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if default is not None and default != "":
+            help_text = f"{help_text} (default: {default})".strip()
+        metavar = getattr(base, "__name__", "VALUE").upper() if base is not bool else "BOOL"
+        target.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, help=help_text,
+                            metavar=metavar, type=str)
+
+
+def flags_to_dict(ns: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The subset of ``ns`` that names fields of ``cls`` (only flags the user gave)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(ns).items() if k in names}

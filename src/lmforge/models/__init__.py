@@ -1,0 +1,8 @@
+"""Models: one config-driven Transformer and its presets, saved as Hugging Face-style folders."""
+
+from .config import PRESETS, ModelConfig, preset
+from .io import build_model, from_pretrained, save_pretrained
+from .transformer import GPT, KVCache
+
+__all__ = ["GPT", "KVCache", "ModelConfig", "PRESETS", "preset", "build_model",
+           "from_pretrained", "save_pretrained"]

@@ -1,0 +1,120 @@
+"""Model configuration: one dataclass whose fields select GPT-2 or Llama-style parts, plus presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import from_dict
+from ..errors import ConfigError
+
+CHOICES = {
+    "arch": ("decoder",),
+    "pos_embedding": ("learned", "rope"),
+    "norm": ("layernorm", "rmsnorm"),
+    "norm_placement": ("pre", "post"),
+    "mlp": ("mlp", "swiglu"),
+    "activation": ("gelu", "gelu_tanh", "relu", "silu"),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a Transformer. GPT-2 and Llama differ only in these values."""
+
+    arch: str = "decoder"
+    vocab_size: int = 50257
+    context_length: int = 1024  # maximum sequence length (positions)
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int | None = None  # grouped-query attention; None = n_head (multi-head)
+    n_embd: int = 768
+    head_dim: int | None = None  # None = n_embd // n_head
+    intermediate_size: int | None = None  # None = 4 * n_embd
+    pos_embedding: str = "learned"
+    rope_base: float = 10000.0
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    norm_placement: str = "pre"
+    mlp: str = "mlp"
+    activation: str = "gelu_tanh"
+    bias: bool = True
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.head_dim is None and self.n_head > 0:
+            self.head_dim = self.n_embd // self.n_head
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.n_embd
+
+    def validate(self) -> "ModelConfig":
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"model field '{name}' must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, name)!r}")
+        for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_kv_head", "n_embd",
+                     "head_dim", "intermediate_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model field '{name}' must be positive, got {getattr(self, name)}")
+        if self.n_head % self.n_kv_head:
+            raise ConfigError(f"model field 'n_head' ({self.n_head}) must be a multiple of "
+                              f"'n_kv_head' ({self.n_kv_head})")
+        if self.pos_embedding == "rope" and self.head_dim % 2:
+            raise ConfigError(f"model field 'head_dim' must be even for RoPE, got {self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model field 'dropout' must be in [0, 1), got {self.dropout}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "model config") -> "ModelConfig":
+        return from_dict(cls, data, where=where)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"lmforge": self.to_dict()}, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read model config {path}: {exc}") from None
+        if "lmforge" not in data:
+            raise ConfigError(f"{path} is not an lmforge model config (no 'lmforge' section)")
+        return cls.from_dict(data["lmforge"], where=str(path))
+
+
+# Llama-style parts, in one place so presets stay rows of values.
+_LLAMA = dict(pos_embedding="rope", norm="rmsnorm", mlp="swiglu", activation="silu", bias=False)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # nanoGPT's CPU "baby" shakespeare-char model.
+    "baby": dict(n_layer=4, n_head=4, n_embd=128, context_length=64, vocab_size=65),
+    # A few-million-parameter GPT that trains in minutes on a laptop CPU.
+    "gpt-mini": dict(n_layer=4, n_head=4, n_embd=256, context_length=256, vocab_size=2048),
+    # nanoGPT's shakespeare-char GPU model (10.7M parameters with a 65-char vocab).
+    "gpt-10m": dict(n_layer=6, n_head=6, n_embd=384, context_length=256, vocab_size=65, dropout=0.2),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, context_length=1024, vocab_size=50257),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, context_length=1024, vocab_size=50257),
+    "llama-mini": dict(n_layer=4, n_head=8, n_kv_head=2, n_embd=256, intermediate_size=704,
+                       context_length=512, vocab_size=2048, norm_eps=1e-5, **_LLAMA),
+    "smollm2-135m": dict(n_layer=30, n_head=9, n_kv_head=3, n_embd=576, intermediate_size=1536,
+                         context_length=2048, vocab_size=49152, rope_base=100000.0, norm_eps=1e-5,
+                         **_LLAMA),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """The named preset's config with ``overrides`` applied and validated."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset '{name}'; choose one of: {', '.join(PRESETS)}")
+    return ModelConfig.from_dict({**PRESETS[name], **overrides}, where=f"preset '{name}'")

@@ -1,0 +1,250 @@
+"""The config-driven Transformer: attention, MLP and block shared by every lmforge model, and the
+decoder-only language model `GPT` (GPT-2 and Llama families by config)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+ACTIVATIONS = {
+    "gelu": nn.GELU(),
+    "gelu_tanh": nn.GELU(approximate="tanh"),  # GPT-2's "gelu_new"
+    "relu": nn.ReLU(),
+    "silu": nn.SiLU(),
+}
+
+
+def rope_frequencies(cfg: ModelConfig) -> torch.Tensor:
+    return 1.0 / (cfg.rope_base ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
+
+
+def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
+    """cos/sin of shape (B or 1, 1, T, head_dim) for integer ``positions`` of shape (B or 1, T)."""
+    angles = positions.to(torch.float32)[..., None] * inv_freq  # (B, T, hd/2)
+    emb = torch.cat((angles, angles), dim=-1)[:, None]  # half-split layout, as Hugging Face Llama
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+@dataclass
+class KVCache:
+    """Pre-allocated keys/values for every layer; ``length`` is how many positions are filled."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    length: int = 0
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype,
+              device: torch.device) -> "KVCache":
+        shape = (batch, cfg.n_kv_head, max_len, cfg.head_dim)
+        return cls([torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)],
+                   [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)])
+
+    @property
+    def capacity(self) -> int:
+        return self.k[0].shape[2]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        end = self.length + k.shape[2]
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows ``index`` (beam search, dropping finished sequences)."""
+        self.k = [t.index_select(0, index) for t in self.k]
+        self.v = [t.index_select(0, index) for t in self.v]
+
+
+class Attention(nn.Module):
+    """Multi-head / grouped-query attention through ``scaled_dot_product_attention`` (fused
+    flash or memory-efficient kernels on CPU and GPU instead of an explicit T x T softmax)."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, causal: bool = True):
+        super().__init__()
+        self.layer, self.causal = layer, causal
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        q_size, kv_size = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+        self.split = (q_size, kv_size, kv_size)
+        self.qkv = nn.Linear(cfg.n_embd, q_size + 2 * kv_size, bias=cfg.bias)  # one fused matmul
+        self.proj = nn.Linear(q_size, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope=None, mask=None, cache: KVCache | None = None):
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split(self.split, dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=self.causal and mask is None and cache is None,
+            enable_gqa=self.n_kv_head != self.n_head)
+        y = y.transpose(1, 2).reshape(B, T, -1)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    """GPT-2 MLP (up, activation, down) or Llama's SwiGLU (silu(gate) * up, down)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gated = cfg.mlp == "swiglu"
+        width = cfg.intermediate_size * (2 if self.gated else 1)
+        self.fc = nn.Linear(cfg.n_embd, width, bias=cfg.bias)  # gate and up fused when gated
+        self.act = ACTIVATIONS[cfg.activation]
+        self.proj = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        h = self.fc(x)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = self.act(gate) * up
+        else:
+            h = self.act(h)
+        return self.dropout(self.proj(h))
+
+
+class Block(nn.Module):
+    """Attention + MLP with residuals; pre-norm (GPT-2, Llama) or post-norm (original BERT)."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, causal: bool = True):
+        super().__init__()
+        self.pre_norm = cfg.norm_placement == "pre"
+        self.ln_1 = make_norm(cfg)
+        self.attn = Attention(cfg, layer, causal)
+        self.ln_2 = make_norm(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, rope=None, mask=None, cache=None):
+        if self.pre_norm:
+            x = x + self.attn(self.ln_1(x), rope, mask, cache)
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x, rope, mask, cache))
+        return self.ln_2(x + self.mlp(x))
+
+
+def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
+    """Normal(0, init_std) weights, zero biases; residual output projections scaled by
+    1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth (GPT-2)."""
+    resid_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            std = resid_std if name.endswith(("attn.proj", "mlp.proj")) else cfg.init_std
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=cfg.init_std)
+
+
+class GPT(nn.Module):
+    """Decoder-only causal language model: GPT-2 or Llama style, chosen by ``ModelConfig``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.context_length, cfg.n_embd) if cfg.pos_embedding == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i, causal=True) for i in range(cfg.n_layer))
+        self.ln_f = make_norm(cfg) if cfg.norm_placement == "pre" else nn.Identity()
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.pos_embedding == "rope":
+            self.register_buffer("inv_freq", rope_frequencies(cfg), persistent=False)
+        init_weights(self, cfg)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Unique parameters; ``non_embedding`` drops token/position embeddings (kept when the
+        output head is tied to them, since the head does real work)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            if self.wpe is not None:
+                n -= self.wpe.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.wte.weight.numel()
+        return n
+
+    def hidden_states(self, idx: torch.Tensor, position_ids: torch.Tensor | None = None,
+                      attention_mask: torch.Tensor | None = None,
+                      cache: KVCache | None = None) -> torch.Tensor:
+        """Final (normalized) hidden states, shape (B, T, n_embd).
+
+        ``attention_mask`` (B, T_total) marks real tokens with 1 and padding with 0 over the
+        whole sequence seen so far (cache included); ``position_ids`` default to consecutive
+        positions after what the cache holds.
+        """
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.context_length:
+            raise ValueError(f"sequence of {start + T} tokens exceeds the model context "
+                             f"(context_length={self.config.context_length})")
+        if position_ids is None:
+            position_ids = torch.arange(start, start + T, device=idx.device)[None]
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(position_ids)
+        x = self.drop(x)
+        rope = (rope_cos_sin(self.inv_freq, position_ids, x.dtype)
+                if self.config.pos_embedding == "rope" else None)
+        mask = self._mask(T, start, attention_mask, cache, idx.device)
+        for block in self.blocks:
+            x = block(x, rope, mask, cache)
+        if cache is not None:
+            cache.length += T
+        return self.ln_f(x)
+
+    @staticmethod
+    def _mask(T, start, attention_mask, cache, device):
+        """None (use the fused causal kernel) unless padding or a multi-token cached step
+        needs an explicit boolean mask of shape (B, 1, T, start + T)."""
+        if attention_mask is None and (cache is None or T == 1):
+            return None
+        if attention_mask is None and start == 0 and T > 1 and cache is not None:
+            attention_mask = torch.ones(1, T, dtype=torch.bool, device=device)
+        q_pos = torch.arange(start, start + T, device=device)[:, None]
+        k_pos = torch.arange(start + T, device=device)[None, :]
+        mask = (k_pos <= q_pos)[None, None]  # causal
+        if attention_mask is not None:
+            mask = mask & attention_mask[:, None, None, : start + T].bool()
+        return mask
+
+    def forward(self, idx: torch.Tensor, position_ids=None, attention_mask=None,
+                cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, vocab); with ``last_only`` only the final position's (B, 1, vocab)."""
+        h = self.hidden_states(idx, position_ids, attention_mask, cache)
+        if last_only:
+            h = h[:, -1:]
+        return self.lm_head(h)
+
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        p = self.wte.weight
+        dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
+        return KVCache.empty(self.config, batch, max_len or self.config.context_length, dtype, p.device)

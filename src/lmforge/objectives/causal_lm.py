@@ -1,0 +1,29 @@
+"""Autoregressive language modeling: predict token t+1 from tokens <= t (the chain rule)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from .base import Objective, register
+
+
+@register
+class CausalLM(Objective):
+    name = "causal_lm"
+
+    def window_length(self, block_size: int) -> int:
+        return block_size + 1  # inputs are the first block_size tokens, targets shifted by one
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        if getattr(model.config, "arch", "decoder") != "decoder":
+            raise ConfigError(f"objective 'causal_lm' needs a decoder model, got '{model.config.arch}'")
+
+    def make_batch(self, windows: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"input_ids": windows[:, :-1], "labels": windows[:, 1:]}
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = model(batch["input_ids"])
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
+                               ignore_index=-100)

@@ -1,0 +1,88 @@
+"""The training run's configuration: one typed dataclass; every field is also a CLI flag."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+
+
+def _help(text: str, default: Any = None) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (the model's shape lives in ``model_args``)."""
+
+    data: str = _help("prepared dataset folder (from `lmforge prepare`)", "")
+    out_dir: str = _help("run folder for checkpoints, metrics, plots and the final model", "runs/run")
+    model: str = _help("preset name (see `lmforge models`) or a model folder to start from", "gpt-mini")
+    model_args: dict = _help("architecture overrides, e.g. {n_layer: 4} (flags: --n_layer 4)", None)
+    objective: str = _help("training objective", "causal_lm")
+    block_size: int | None = _help("tokens per training sequence (default: min(512, model context))", None)
+    batch_size: int = _help("sequences per micro-batch", 16)
+    grad_accum: int = _help("micro-batches per optimizer step", 1)
+    max_steps: int = _help("optimizer steps to train for", 1000)
+    sampling: str = _help("random windows or sequential epochs", "random")
+    optimizer: str = _help("adamw or sgd", "adamw")
+    lr: float = _help("peak learning rate", 6e-4)
+    min_lr: float | None = _help("final learning rate of decaying schedules (default lr/10)", None)
+    schedule: str = _help("cosine, linear, constant or wsd (warmup-stable-decay)", "cosine")
+    warmup_steps: int = _help("linear warmup steps", 100)
+    decay_fraction: float = _help("share of steps spent decaying in the wsd schedule", 0.2)
+    weight_decay: float = _help("decoupled weight decay (not on norms, biases, embeddings)", 0.1)
+    beta1: float = _help("AdamW beta1", 0.9)
+    beta2: float = _help("AdamW beta2", 0.95)
+    eps: float = _help("AdamW epsilon", 1e-8)
+    momentum: float = _help("SGD momentum", 0.9)
+    grad_clip: float = _help("clip the global gradient norm to this (0 = off)", 1.0)
+    dropout: float | None = _help("override the model's dropout", None)
+    precision: str = _help("auto, fp32, bf16 (autocast) or fp16 (CUDA, with GradScaler)", "auto")
+    compile: bool = _help("torch.compile the model", False)
+    device: str = _help("auto, cpu, cuda, cuda:N or mps", "auto")
+    threads: int = _help("CPU threads for torch (0 = torch's default)", 0)
+    seed: int = _help("random seed (model init, sampling, dropout)", 1337)
+    eval_interval: int = _help("evaluate every N steps (0 = only at the end)", 250)
+    eval_batches: int = _help("validation batches per evaluation (a fixed set)", 20)
+    log_interval: int = _help("log train loss every N steps", 10)
+    save_interval: int = _help("checkpoint every N steps (0 = at evaluations and the end)", 0)
+    keep_last: int = _help("checkpoints to keep besides the best-by-validation one", 2)
+    peak_tflops: float = _help("device peak TFLOP/s for the MFU estimate (0 = measure/guess)", 0.0)
+    tensorboard: bool = _help("write TensorBoard event files", True)
+    progress: bool = _help("show a progress bar", True)
+
+    def validate(self) -> "TrainConfig":
+        positive = ("batch_size", "grad_accum", "max_steps", "eval_batches",
+                    "log_interval", "keep_last")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"config field '{name}' must be a positive integer, got {getattr(self, name)}")
+        for name in ("eval_interval", "save_interval", "warmup_steps", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config field '{name}' must be >= 0, got {getattr(self, name)}")
+        if self.block_size is not None and self.block_size <= 0:
+            raise ConfigError(f"config field 'block_size' must be a positive integer, got {self.block_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"config field 'lr' must be positive, got {self.lr}")
+        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"config field 'min_lr' must be in [0, lr], got {self.min_lr}")
+        choices = {"schedule": ("cosine", "linear", "constant", "wsd"),
+                   "optimizer": ("adamw", "sgd"), "sampling": ("random", "sequential"),
+                   "precision": ("auto", "fp32", "bf16", "fp16")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"config field '{name}' must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, name)!r}")
+        if not 0 <= self.weight_decay < 1:
+            raise ConfigError(f"config field 'weight_decay' must be in [0, 1), got {self.weight_decay}")
+        if not 0 < self.decay_fraction <= 1:
+            raise ConfigError(f"config field 'decay_fraction' must be in (0, 1], got {self.decay_fraction}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"config field 'grad_clip' must be >= 0, got {self.grad_clip}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"config field 'dropout' must be in [0, 1), got {self.dropout}")
+        if not self.data:
+            raise ConfigError("config field 'data' is required: a folder made by `lmforge prepare`")
+        return self

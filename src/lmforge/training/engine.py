@@ -1,0 +1,323 @@
+"""The one training engine. It builds the run's components from a ``TrainConfig`` and loops:
+draw windows, let the objective compute a loss, step the optimizer, evaluate, checkpoint.
+It knows nothing about what the objective learns."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..config import from_dict, load_file, save_yaml
+from ..data.dataset import RandomWindows, SequentialWindows, TokenShards, fixed_windows
+from ..errors import CheckpointError, ConfigError, DataError
+from ..models.config import ModelConfig, preset
+from ..models.io import build_model, from_pretrained, save_pretrained, tokenizer_path
+from ..objectives import get_objective
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .metrics import MetricsLogger, Progress
+from .optim import build_optimizer, lr_at
+from .plots import plot_loss
+from .runtime import autocast, flops_per_token, peak_tflops, resolve_device, resolve_precision
+
+CONFIG_FILE = "config.yaml"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model_for(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
+    """A fresh model from a preset, or one loaded from a model folder (fine-tuning, continued
+    pretraining). ``model_args`` override preset fields; the vocab follows the dataset."""
+    args = dict(cfg.model_args or {})
+    if Path(cfg.model).is_dir():
+        model = from_pretrained(cfg.model)
+        if args:
+            raise ConfigError("model_args cannot change the architecture of a pretrained model "
+                              f"({cfg.model}); drop {', '.join(args)}")
+        if cfg.dropout is not None:
+            for m in model.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.p = cfg.dropout
+                elif hasattr(m, "dropout") and isinstance(m.dropout, float):
+                    m.dropout = cfg.dropout
+        return model.train()
+    args.setdefault("vocab_size", vocab_size)
+    if cfg.dropout is not None:
+        args["dropout"] = cfg.dropout
+    return build_model(preset(cfg.model, **args))
+
+
+class Trainer:
+    """Builds model, objective, data, optimizer, logger and checkpointer; ``fit()`` trains."""
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False):
+        self.cfg = cfg.validate()
+        self.run_dir = Path(cfg.out_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self._prepare_run_dir(resume, overwrite)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        seed_everything(cfg.seed)
+
+        self.train_data = TokenShards(cfg.data, "train")
+        self.val_data = self._optional_split("val")
+        self.tokenizer_file = Path(cfg.data) / "tokenizer.json"
+        self.model = build_model_for(cfg, self.train_data.vocab_size)
+        self._check_compatible()
+        mcfg: ModelConfig = self.model.config
+        self.block_size = cfg.block_size or min(512, mcfg.context_length)
+        if self.block_size > mcfg.context_length:
+            raise ConfigError(f"config field 'block_size' ({self.block_size}) is larger than the "
+                              f"model context ({mcfg.context_length}); lower it or raise "
+                              "--context_length for a new model")
+        self.objective = get_objective(cfg.objective)
+        self.objective.check_model(self.model)
+        self.model.to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.window = self.objective.window_length(self.block_size)
+        sampler_cls = RandomWindows if cfg.sampling == "random" else SequentialWindows
+        self.sampler = sampler_cls(self.train_data, self.window, cfg.batch_size, seed=cfg.seed)
+        self.val_windows = (fixed_windows(self.val_data, self.window, cfg.eval_batches * cfg.batch_size)
+                            if self.val_data is not None else None)
+        self.forward_model = torch.compile(self.model) if cfg.compile else self.model
+        self.step, self.tokens_seen = 0, 0
+        self.best_val, self.best_step = math.inf, None
+        self._stop_signal = None
+        if resume:
+            self._resume()
+        else:
+            save_yaml(self._resolved_config(), self.run_dir / CONFIG_FILE)
+
+    # ---- set-up -------------------------------------------------------------------------
+    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
+        if resume:
+            if not (self.run_dir / CONFIG_FILE).is_file():
+                raise CheckpointError(f"cannot resume: {self.run_dir} is not a run folder (no {CONFIG_FILE})")
+            return
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+            if not overwrite:
+                raise ConfigError(f"output folder {self.run_dir} already exists; pass --overwrite "
+                                  "to replace it or --resume to continue it")
+            shutil.rmtree(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def _optional_split(self, split: str) -> TokenShards | None:
+        try:
+            return TokenShards(self.cfg.data, split)
+        except DataError as exc:
+            if "has no" in str(exc):
+                return None
+            raise
+
+    def _check_compatible(self) -> None:
+        vocab, model_vocab = self.train_data.vocab_size, self.model.config.vocab_size
+        if vocab > model_vocab:
+            raise DataError(f"tokenizer/shard vocab mismatch: dataset {self.cfg.data} uses a "
+                            f"vocab of {vocab} but the model has {model_vocab} embeddings")
+        if Path(self.cfg.model).is_dir():
+            model_tok = tokenizer_path(self.cfg.model)
+            if model_tok is not None and self.tokenizer_file.is_file():
+                from ..tokenization import load_tokenizer, tokenizer_sha256
+                if tokenizer_sha256(load_tokenizer(model_tok)) != self.train_data.meta.get("tokenizer_sha256"):
+                    raise DataError(f"tokenizer/shard mismatch: dataset {self.cfg.data} was tokenized "
+                                    f"with a different tokenizer than model {self.cfg.model}")
+
+    def _resolved_config(self) -> dict:
+        data = dataclasses.asdict(self.cfg)
+        data["block_size"] = self.block_size
+        data["resolved"] = {"model_config": self.model.config.to_dict(), "device": str(self.device),
+                            "precision": self.precision, "lmforge_version": __version__,
+                            "torch_version": str(torch.__version__),
+                            "parameters": self.model.num_parameters()}
+        return data
+
+    def _resume(self) -> None:
+        latest = ckpt.latest_checkpoint(self.ckpt_dir)
+        if latest is None:
+            return  # killed before the first checkpoint: start over from step 0
+        state, tensors = ckpt.load_checkpoint(latest, self.model, self.optimizer)
+        saved_model = ModelConfig.from_dict(state["model_config"])
+        if saved_model != self.model.config:
+            raise CheckpointError(f"checkpoint {latest} is of another architecture than this run's config")
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.best_val = state.get("best_val", math.inf) or math.inf
+        self.best_step = state.get("best_step")
+        ckpt.set_rng_state(state["rng"], tensors)
+        data_state = dict(state["data"])
+        if data_state["kind"] == "random":
+            data_state["generator"] = tensors["data.generator"]
+        self.sampler.load_state_dict(data_state)
+        self.objective.load_state_dict(state.get("objective", {}))
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+
+    # ---- the loop -----------------------------------------------------------------------
+    def _train_step(self) -> float:
+        cfg = self.cfg
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            batch = self.objective.make_batch(self.sampler.next_batch())
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            with autocast(self.device, self.precision):
+                loss = self.objective.loss(self.forward_model, batch) / cfg.grad_accum
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total += loss.item()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += cfg.batch_size * cfg.grad_accum * self.block_size
+        if not math.isfinite(total):
+            raise DataError(f"loss became {total} at step {self.step}; lower lr or check the data")
+        return total
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean validation loss over the fixed validation windows, and its perplexity."""
+        if self.val_windows is None:
+            return {}
+        self.model.eval()
+        losses = []
+        for chunk in self.val_windows.split(self.cfg.batch_size):
+            batch = {k: v.to(self.device) for k, v in self.objective.make_batch(chunk).items()}
+            with autocast(self.device, self.precision):
+                losses.append(self.objective.loss(self.forward_model, batch).item())
+        self.model.train()
+        val = float(np.mean(losses))
+        return {"val_loss": val, "val_ppl": math.exp(min(val, 50.0))}
+
+    def save(self) -> Path:
+        json_rng, tensors = ckpt.rng_state()
+        data_state = self.sampler.state_dict()
+        if "generator" in data_state:
+            tensors["data.generator"] = data_state.pop("generator")
+        state = {"step": self.step, "tokens_seen": self.tokens_seen,
+                 "best_val": None if math.isinf(self.best_val) else self.best_val,
+                 "best_step": self.best_step, "rng": json_rng, "data": data_state,
+                 "objective": self.objective.state_dict(),
+                 "model_config": self.model.config.to_dict(),
+                 "config": dataclasses.asdict(self.cfg), "lmforge_version": __version__}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        path = ckpt.save_checkpoint(self.ckpt_dir, self.step, self.model, self.optimizer, state, tensors)
+        keep = {f"step-{self.best_step:08d}"} if self.best_step is not None else set()
+        ckpt.prune(self.ckpt_dir, self.cfg.keep_last, keep)
+        return path
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now
+        self._stop_signal = signum
+
+    def fit(self) -> dict:
+        """Train to ``max_steps``; returns the final metrics. Ctrl-C saves and stops cleanly."""
+        cfg = self.cfg
+        logger = MetricsLogger(self.run_dir, cfg.tensorboard)
+        progress = Progress(cfg.max_steps, self.step, cfg.progress)
+        fpt = flops_per_token(self.model, self.block_size)
+        peak = cfg.peak_tflops or peak_tflops(self.device.type, self.precision)
+        previous = signal.signal(signal.SIGINT, self._on_signal)
+        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.block_size
+        self.model.train()
+        metrics: dict = {}
+        progress.write(f"training {self.model.num_parameters() / 1e6:.2f}M parameters on "
+                       f"{self.device} ({self.precision}), {tokens_per_step} tokens/step, "
+                       f"steps {self.step}->{cfg.max_steps}")
+        window_start, window_tokens, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
+        try:
+            while self.step < cfg.max_steps:
+                loss = self._train_step()
+                window_tokens += tokens_per_step
+                window_loss, window_n = window_loss + loss, window_n + 1
+                last = self.step == cfg.max_steps
+                if self.step % cfg.log_interval == 0 or last or self.step == 1:
+                    elapsed = time.perf_counter() - window_start
+                    tps = window_tokens / max(elapsed, 1e-9)
+                    mfu = tps * fpt / (peak * 1e12)
+                    metrics = {"train_loss": window_loss / window_n, "lr": lr_at(self.step - 1, cfg),
+                               "tokens_per_sec": tps, "mfu": mfu, "tokens": self.tokens_seen}
+                    logger.log(self.step, **metrics)
+                    progress.update(0, loss=f"{metrics['train_loss']:.4f}", tok_s=f"{tps:,.0f}",
+                                    mfu=f"{100 * mfu:.1f}%")
+                    if not cfg.progress:
+                        progress.write(f"step {self.step}/{cfg.max_steps} | loss {metrics['train_loss']:.4f} "
+                                       f"| {tps:,.0f} tok/s | MFU {100 * mfu:.1f}%")
+                    window_start, window_tokens, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
+                progress.update(1)
+                evaluate = last or (cfg.eval_interval and self.step % cfg.eval_interval == 0)
+                if evaluate and self.val_windows is not None:
+                    val = self.evaluate()
+                    metrics.update(val)
+                    logger.log(self.step, **val)
+                    progress.write(f"step {self.step}: val loss {val['val_loss']:.4f}, "
+                                   f"ppl {val['val_ppl']:.2f}")
+                    if val["val_loss"] < self.best_val:
+                        self.best_val, self.best_step = val["val_loss"], self.step
+                save_due = cfg.save_interval and self.step % cfg.save_interval == 0
+                if last or save_due or (not cfg.save_interval and evaluate):
+                    self.save()
+                if self._stop_signal is not None:
+                    break
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            progress.close()
+            logger.close()
+        interrupted = self._stop_signal is not None
+        if interrupted:
+            self.save()
+            progress.write(f"interrupted at step {self.step}: checkpoint saved; continue with "
+                           f"`lmforge pretrain --resume {self.run_dir}`")
+        self.export()
+        return {**metrics, "step": self.step, "interrupted": interrupted,
+                "best_val_loss": None if math.isinf(self.best_val) else self.best_val}
+
+    def export(self) -> Path:
+        """The usable model folder (``RUN_DIR/model``) and the loss curve PNG."""
+        out = save_pretrained(self.model, self.run_dir / "model",
+                              self.tokenizer_file if self.tokenizer_file.is_file() else None)
+        try:
+            plot_loss(self.run_dir)
+        except DataError:
+            pass
+        return out
+
+
+def load_run_config(run_dir: str | Path, overrides: dict | None = None) -> TrainConfig:
+    """The saved config of a run, with ``overrides`` (e.g. a larger max_steps) applied."""
+    data = load_file(Path(run_dir) / CONFIG_FILE)
+    data.pop("resolved", None)
+    data.update(overrides or {})
+    data["out_dir"] = str(run_dir)
+    return from_dict(TrainConfig, data, where=str(Path(run_dir) / CONFIG_FILE))
+
+
+def pretrain(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
+    """Python entry point of `lmforge pretrain`: build a Trainer and fit it."""
+    return Trainer(cfg, resume=resume, overwrite=overwrite).fit()

@@ -1,0 +1,77 @@
+"""Where training metrics go: a JSONL file, TensorBoard event files, and the terminal."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class MetricsLogger:
+    """Append-only ``metrics.jsonl`` (one record per log event) plus optional TensorBoard."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.path = run_dir / "metrics.jsonl"
+        self.file = open(self.path, "a", encoding="utf-8")
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is a dependency, but stay usable without it
+                self.tb = None
+
+    def log(self, step: int, **values: float) -> None:
+        record = {"step": step, "time": round(time.time(), 3), **values}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.tb.add_scalar(key.replace(".", "/").replace("_", "/", 1) if "/" not in key else key,
+                                       value, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+    return records
+
+
+class Progress:
+    """A tqdm bar (step, loss, tokens/s, MFU, ETA) or plain log lines when not interactive."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+                        file=sys.stderr, disable=not enabled, mininterval=0.5)
+        self.enabled = enabled
+
+    def update(self, n: int, **postfix: str) -> None:
+        self.bar.update(n)
+        if postfix:
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def write(self, text: str) -> None:
+        if self.enabled:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
