@@ -33,7 +33,8 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devi
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then the schedule."""
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then the schedule,
+    which reaches ``min_lr`` exactly at the last step."""
     peak = cfg.lr
     floor = cfg.min_lr if cfg.min_lr is not None else peak / 10
     total = cfg.max_steps
@@ -45,9 +46,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         decay_start = max(cfg.warmup_steps, int(total * (1 - cfg.decay_fraction)))
         if step < decay_start:
             return peak
-        frac = (step - decay_start) / max(1, total - decay_start)
+        frac = (step - decay_start) / max(1, total - 1 - decay_start)
         return peak + (floor - peak) * min(frac, 1.0)
-    frac = min((step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps), 1.0)
+    frac = min((step - cfg.warmup_steps) / max(1, total - 1 - cfg.warmup_steps), 1.0)
     if cfg.schedule == "linear":
         return peak + (floor - peak) * frac
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * frac))  # cosine

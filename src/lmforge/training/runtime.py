@@ -79,8 +79,9 @@ def peak_tflops(device_type: str, precision: str) -> float:
                 return value if precision in ("bf16", "fp16") else value / 2
         return 100.0
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a = torch.randn(1024, 1024, dtype=dtype)
-    b = torch.randn(1024, 1024, dtype=dtype)
+    g = torch.Generator().manual_seed(0)  # never touch the global RNG: resume must be exact
+    a = torch.randn(1024, 1024, generator=g).to(dtype)
+    b = torch.randn(1024, 1024, generator=g).to(dtype)
     for _ in range(3):
         a @ b
     t0, n = time.perf_counter(), 0

@@ -1,0 +1,23 @@
+"""`lmforge plot RUN_DIR`: (re)draw a run's loss curve as a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DataError
+from ..training.plots import plot_loss
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plot", help="draw a run's train/validation loss curve as PNG",
+                       description="Read RUN_DIR/metrics.jsonl and write RUN_DIR/loss.png.")
+    p.add_argument("run_dir", help="a run folder made by `lmforge pretrain`")
+    p.add_argument("--out", help="PNG path (default RUN_DIR/loss.png)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if not Path(args.run_dir).is_dir():
+        raise DataError(f"run folder not found: {args.run_dir}")
+    print(plot_loss(args.run_dir, args.out))
+    return 0
