@@ -234,6 +234,9 @@ class GPT(nn.Module):
         mask = (k_pos <= q_pos)[None, None]  # causal
         if attention_mask is not None:
             mask = mask & attention_mask[:, None, None, : start + T].bool()
+            # A padding query would attend to nothing; some kernels return NaN for such rows.
+            # Let every query see itself (its output is ignored anyway).
+            mask = mask | (k_pos == q_pos)[None, None]
         return mask
 
     def forward(self, idx: torch.Tensor, position_ids=None, attention_mask=None,

@@ -1,0 +1,112 @@
+"""`lmforge generate`: continue prompts with a trained model, streaming text as it is produced."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import LMForgeError
+from ..generation import TextCompletion, generate_text
+from .inference import add_model_flags, load_model_and_tokenizer, read_text_file
+
+SEPARATOR = "-" * 40
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "generate", help="generate text from a trained model",
+        description="Continue one or more prompts with a trained model. A single prompt is "
+                    "streamed to stdout as it is generated; several print one completion each.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_model_flags(p, precision="auto")
+    p.add_argument("--prompt", action="extend", nargs="+", metavar="TEXT",
+                   help="prompt text (several for a batch); '-' reads the prompt from stdin")
+    p.add_argument("--prompts-file", "--prompts_file", metavar="FILE",
+                   help="a file of prompts, one per line (blank lines skipped)")
+    p.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", "--top_k", type=int, default=200,
+                   help="sample among the k most likely tokens")
+    p.add_argument("--top-p", "--top_p", type=float, default=None,
+                   help="nucleus sampling: the smallest set of tokens with this probability")
+    p.add_argument("--repetition-penalty", "--repetition_penalty", type=float, default=1.0,
+                   help="> 1 discourages tokens already in the text (CTRL)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--stop", action="extend", nargs="+", metavar="STR",
+                   help="stop when the completion contains STR (cut before it); in bash, "
+                        "$'\\n\\n' gives a blank line")
+    p.add_argument("--seed", type=int, help="make sampling reproducible")
+    p.add_argument("--num-samples", "--num_samples", type=int, default=1,
+                   help="completions per prompt")
+    p.add_argument("--no-stream", "--no_stream", action="store_true",
+                   help="print a single completion only when it is finished")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per completion (JSONL): prompt, sample, completion, ...")
+    p.set_defaults(func=run)
+
+
+def collect_prompts(args: argparse.Namespace) -> list[str]:
+    """Prompts from --prompt (with '-' for stdin) and --prompts-file, in that order."""
+    prompts = [sys.stdin.read().removesuffix("\n") if p == "-" else p for p in args.prompt or []]
+    if args.prompts_file:
+        lines = read_text_file(args.prompts_file, "prompts file").splitlines()
+        from_file = [line for line in lines if line.strip()]
+        if not from_file:
+            raise LMForgeError(f"prompts file {args.prompts_file} has no prompts")
+        prompts += from_file
+    if not prompts:
+        raise LMForgeError("no prompt: pass --prompt TEXT, --prompts-file FILE, "
+                           "or --prompt - to read stdin")
+    if any(p == "" for p in prompts):
+        raise LMForgeError("empty prompt: give some text to continue")
+    return prompts
+
+
+class EchoFirst:
+    """Stdout for a streamed completion that writes the prompt just before the first text, so
+    nothing reaches stdout when generation refuses its input."""
+
+    def __init__(self, prompt: str):
+        self.pending = prompt
+
+    def write(self, text: str) -> None:
+        sys.stdout.write(self.pending + text)
+        self.pending = ""
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+def print_completions(prompts: list[str], completions: list[TextCompletion], as_json: bool,
+                      samples: int) -> None:
+    for i, done in enumerate(completions):
+        prompt = prompts[i // samples]
+        if as_json:
+            print(json.dumps({"prompt": prompt, "sample": i % samples, "completion": done.text,
+                              "finish_reason": done.finish_reason,
+                              "new_tokens": len(done.token_ids)}, ensure_ascii=False))
+            continue
+        if i:
+            print(SEPARATOR)
+        print(prompt + done.text)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.num_samples < 1:
+        raise LMForgeError(f"--num-samples must be at least 1, got {args.num_samples}")
+    prompts = collect_prompts(args)
+    model, tokenizer = load_model_and_tokenizer(args)
+    batch = [p for p in prompts for _ in range(args.num_samples)]
+    streaming = len(batch) == 1 and not (args.no_stream or args.json)
+    stream = EchoFirst(prompts[0]) if streaming else None
+    completions = generate_text(
+        model, tokenizer, batch, args.max_new_tokens, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+        greedy=args.greedy, stop_strings=args.stop, seed=args.seed,
+        stream_to=stream, precision=args.precision)
+    if stream:
+        print(stream.pending)  # the prompt, if the completion was empty
+    else:
+        print_completions(prompts, completions, args.json, args.num_samples)
+    return 0

@@ -1,0 +1,74 @@
+"""`lmforge score`: log-probability and perplexity of a text under a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from ..errors import DataError, LMForgeError
+from ..evaluation import ScoreResult, score_text
+from .inference import add_model_flags, load_model_and_tokenizer, read_text_file
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "score", help="log-probability and perplexity of a text",
+        description="Score a text (--text, --file or stdin): total log-probability in nats and "
+                    "bits, tokens scored, mean negative log-likelihood and perplexity. Each token "
+                    "is scored given all the text before it, after the end-of-text token; texts "
+                    "longer than the model's context use a sliding window.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_model_flags(p, precision="fp32")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--text", help="the text to score")
+    source.add_argument("--file", metavar="PATH", help="a UTF-8 text file to score")
+    p.add_argument("--stride", type=int,
+                   help="sliding-window step for long texts (default: half the context); "
+                        "smaller = more context per token, slower")
+    p.add_argument("--per-token", "--per_token", metavar="OUT.jsonl",
+                   help="write one JSON object per token: index, id, token, logprob")
+    p.add_argument("--json", action="store_true", help="print the totals as one JSON object")
+    p.set_defaults(func=run)
+
+
+def read_text(args: argparse.Namespace) -> str:
+    if args.text is not None:
+        return args.text
+    if args.file is not None:
+        return read_text_file(args.file, "text file")
+    if sys.stdin.isatty():
+        raise LMForgeError("no text: pass --text TEXT, --file PATH, or pipe text on stdin")
+    return sys.stdin.read()
+
+
+def write_per_token(result: ScoreResult, path: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            for token in result.tokens:
+                f.write(json.dumps(dataclasses.asdict(token), ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise DataError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def print_summary(result: ScoreResult) -> None:
+    print(f"tokens      {result.num_tokens}")
+    print(f"log-prob    {result.total_logprob:.4f} nats ({result.total_logprob_bits:.4f} bits)")
+    print(f"mean NLL    {result.mean_nll:.4f} nats/token")
+    print(f"perplexity  {result.perplexity:.4f}")
+
+
+def run(args: argparse.Namespace) -> int:
+    text = read_text(args)
+    if not text:
+        raise DataError("empty text: nothing to score")
+    model, tokenizer = load_model_and_tokenizer(args)
+    result = score_text(model, tokenizer, text, stride=args.stride, precision=args.precision)
+    if args.per_token:
+        write_per_token(result, args.per_token)
+    if args.json:
+        print(json.dumps(result.summary()))
+    else:
+        print_summary(result)
+    return 0

@@ -1,0 +1,149 @@
+"""Score text with a causal LM: log-probability of every token given all before it, total
+log-probability (nats and bits), mean negative log-likelihood and perplexity.
+
+    result = score_text(model, tok, "To be, or not to be")
+    result.total_logprob, result.perplexity, result.tokens[0].logprob
+
+Texts longer than the model's context are scored with a sliding window (Hugging Face's
+perplexity recipe): windows of ``max_length`` tokens start ``stride`` tokens apart and each scores
+only the tokens the previous window did not, so those keep up to max_length - stride tokens of
+earlier context. stride == max_length is plain chunking; a smaller stride costs more forward
+passes and gives each token more context.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer
+
+from ..errors import ConfigError, DataError
+from ..tokenization import encode, eos_token_id
+from ..training.runtime import autocast, resolve_precision
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    """One scored token: its position among the text's tokens, id, vocab string and
+    log P(token | everything before it) in nats."""
+
+    index: int
+    id: int
+    token: str | None
+    logprob: float
+
+
+@dataclass
+class ScoreResult:
+    """Per-token scores of a text and the totals derived from them."""
+
+    tokens: list[TokenScore]
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def total_logprob(self) -> float:
+        """log P(text) in nats: by the chain rule, the sum of the per-token log-probabilities."""
+        return math.fsum(t.logprob for t in self.tokens)
+
+    @property
+    def total_logprob_bits(self) -> float:
+        return self.total_logprob / math.log(2)
+
+    @property
+    def mean_nll(self) -> float:
+        """Mean negative log-likelihood per scored token, in nats (the LM loss)."""
+        return -self.total_logprob / self.num_tokens
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.mean_nll)
+
+    def summary(self) -> dict[str, Any]:
+        """The totals as a JSON-ready dict (no per-token records)."""
+        return {"tokens": self.num_tokens, "logprob": self.total_logprob,
+                "logprob_bits": self.total_logprob_bits, "mean_nll": self.mean_nll,
+                "perplexity": self.perplexity}
+
+
+def _window(model: torch.nn.Module, stride: int | None, max_length: int | None) -> tuple[int, int]:
+    """Validated (max_length, stride); defaults: the model's context and half of it."""
+    context = model.config.context_length
+    max_length = context if max_length is None else max_length
+    if not 1 <= max_length <= context:
+        raise ConfigError(f"max_length must be in [1, {context}] (the model's context), "
+                          f"got {max_length}")
+    stride = max(max_length // 2, 1) if stride is None else stride
+    if not 1 <= stride <= max_length:
+        raise ConfigError(f"stride must be in [1, max_length={max_length}], got {stride}")
+    return max_length, stride
+
+
+@torch.inference_mode()
+def token_logprobs(model: torch.nn.Module, ids: Sequence[int], stride: int | None = None,
+                   max_length: int | None = None, precision: str = "fp32") -> torch.Tensor:
+    """log P(ids[t] | ids[:t]) for t = 1 .. len(ids) - 1, float64 of length len(ids) - 1.
+
+    Windows hold up to ``max_length`` input tokens (default: the model's context) and start
+    ``stride`` tokens apart (default: max_length // 2); a window's inputs ids[b:e] predict
+    ids[b+1:e+1], of which it keeps only those not scored by the window before.
+    """
+    max_length, stride = _window(model, stride, max_length)
+    device = next(model.parameters()).device
+    seq = torch.tensor(list(ids), dtype=torch.long, device=device)
+    n_targets = len(seq) - 1
+    out = torch.empty(max(n_targets, 0), dtype=torch.float64)
+    scored, begin = 0, 0  # out[:scored] is filled; out[t] scores seq[t + 1]
+    with autocast(device, resolve_precision(precision, device)):
+        while scored < n_targets:
+            end = min(begin + max_length, n_targets)
+            logits = model(seq[None, begin:end])[0].float()
+            logprobs = logits.log_softmax(dim=-1).gather(-1, seq[begin + 1:end + 1, None])[:, 0]
+            out[scored:end] = logprobs[scored - begin:].double().cpu()
+            scored, begin = end, begin + stride
+    return out
+
+
+def score_ids(model: torch.nn.Module, ids: Sequence[int], context_id: int | None = None,
+              stride: int | None = None, max_length: int | None = None, precision: str = "fp32",
+              token_name: Callable[[int], str | None] | None = None) -> ScoreResult:
+    """Score token ids. With ``context_id`` (an end-of-text/BOS id) it is prepended as context, so
+    every token is scored, the first one as the start of a document; without it the first token
+    has no context and is not scored. ``token_name`` maps ids to the strings in the records."""
+    if not ids:
+        raise DataError("empty text: nothing to score")
+    vocab = model.config.vocab_size
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise DataError(f"token id {bad[0]} is outside the model's vocabulary "
+                        f"(vocab_size={vocab}); is this the model's own tokenizer?")
+    if context_id is None and len(ids) < 2:
+        raise DataError("text of one token has nothing to score without an end-of-text token as "
+                        "context (the tokenizer has none)")
+    seq = ([context_id] if context_id is not None else []) + list(ids)
+    logprobs = token_logprobs(model, seq, stride, max_length, precision).tolist()
+    first = len(ids) - len(logprobs)  # index of the first scored token: 0, or 1 without context
+    return ScoreResult([TokenScore(index=first + i, id=ids[first + i],
+                                   token=token_name(ids[first + i]) if token_name else None,
+                                   logprob=lp) for i, lp in enumerate(logprobs)])
+
+
+def score_text(model: torch.nn.Module, tokenizer: Tokenizer, text: str, stride: int | None = None,
+               max_length: int | None = None, precision: str = "fp32") -> ScoreResult:
+    """Score ``text``: its tokens (encoded without special tokens) are scored after the
+    tokenizer's end-of-text token, as GPT-2 starts documents, so every token of the text counts;
+    a tokenizer without one leaves the first token unscored. Token strings are vocab entries
+    (``Ġthe`` for byte-level BPE). ``precision`` defaults to fp32 so scores do not depend on the
+    hardware; see :func:`token_logprobs` for ``stride`` and ``max_length``."""
+    try:
+        ids = encode(tokenizer, text)
+    except Exception as exc:  # the Rust side raises a bare Exception
+        raise DataError(f"cannot encode the text: {exc}") from None
+    return score_ids(model, ids, context_id=eos_token_id(tokenizer), stride=stride,
+                     max_length=max_length, precision=precision, token_name=tokenizer.id_to_token)

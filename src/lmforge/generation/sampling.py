@@ -1,0 +1,251 @@
+"""Token generation for decoder language models: KV-cached decoding of a batch of prompts, and
+the logits processors (repetition penalty, temperature, top-k, top-p) that shape each step.
+
+    completions = generate(model, [[464, 3290], [15496]], max_new_tokens=50, top_k=50, seed=0)
+    completions[0].tokens, completions[0].finish_reason
+
+A batch of prompts of different lengths is left-padded, so every row's newest token sits in the
+last column; the attention mask hides the padding and position ids count real tokens only, so
+each prompt is decoded exactly as it would be alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError, LMForgeError
+from ..models import KVCache
+from ..training.runtime import autocast, resolve_precision
+
+log = logging.getLogger(__name__)
+
+# stream(row, token_id) is called for each new token; returning True ends that row.
+StreamCallback = Callable[[int, int], bool | None]
+PAD_ID = 0  # any id works: padded positions are masked out of attention
+
+
+@dataclass
+class Completion:
+    """The new tokens of one prompt (stop token excluded) and why generation ended:
+    "stop" (a stop token, or the stream callback asked to stop), "length" (max_new_tokens) or
+    "context" (the sequence filled the model's context)."""
+
+    tokens: list[int]
+    finish_reason: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Logits processors: (B, V) float logits in, (B, V) out; removed tokens get -inf.
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor,
+                             penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty (Keskar et al., 2019) as Hugging Face applies it: the logit of
+    every token already in the sequence (``seen``, bool (B, V)) is divided by ``penalty`` when
+    positive and multiplied by it when negative, so penalty > 1 always makes repeats less likely."""
+    if penalty == 1.0:
+        return logits
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep each row's ``k`` highest logits (and any tied with the k-th); the rest become -inf."""
+    if k >= logits.size(-1):
+        return logits
+    kth_best = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth_best, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filtering (Holtzman et al., 2019) exactly as Hugging Face's TopPLogitsWarper: keep
+    the smallest set of most likely tokens whose probabilities sum to at least ``p``, and always
+    the most likely token."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1)  # ascending: the tail to drop comes first
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = cumulative <= 1 - p
+    drop_sorted[..., -1] = False
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next(logits: torch.Tensor, seen: torch.Tensor, temperature: float = 1.0,
+                top_k: int | None = None, top_p: float | None = None,
+                repetition_penalty: float = 1.0, greedy: bool = False,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next token ids (B,) from last-position ``logits`` (B, V). Processors run in Hugging Face's
+    order: repetition penalty, temperature, top-k, top-p. ``greedy`` or temperature 0 takes the
+    argmax after the repetition penalty."""
+    logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+    if greedy or temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int | None,
+                        top_p: float | None, repetition_penalty: float) -> None:
+    """Raise ConfigError naming the first out-of-range sampling setting."""
+    if max_new_tokens < 0:
+        raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
+    if repetition_penalty <= 0:
+        raise ConfigError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching prompts
+
+
+def left_pad(prompts: Sequence[Sequence[int]],
+             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask, both (B, T), shorter prompts padded on the left."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), PAD_ID, dtype=torch.long, device=device)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count real tokens only, so padding does not shift a prompt's positions."""
+    return (mask.cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def token_presence(ids: torch.Tensor, mask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Bool (B, V): which tokens occur among each row's real (unmasked) tokens."""
+    counts = torch.zeros(ids.size(0), vocab_size, dtype=torch.long, device=ids.device)
+    return counts.scatter_add_(1, ids, mask.long()) > 0
+
+
+def _check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> None:
+    if not prompts:
+        raise LMForgeError("no prompts to generate from")
+    for prompt in prompts:
+        if not prompt:
+            raise LMForgeError("empty prompt: a prompt needs at least one token")
+        bad = [t for t in prompt if not 0 <= t < vocab_size]
+        if bad:
+            raise LMForgeError(f"prompt token id {bad[0]} is outside the model's vocabulary "
+                               f"(vocab_size={vocab_size}); is this the model's own tokenizer?")
+
+
+def _fit_context(prompts: Sequence[Sequence[int]], context_length: int) -> list[list[int]]:
+    """Crop prompts from the left to context_length - 1 tokens, leaving room for one new token."""
+    room = context_length - 1
+    fitted = []
+    for prompt in prompts:
+        if len(prompt) > room:
+            log.warning("prompt of %d tokens cropped to its last %d (model context_length=%d)",
+                        len(prompt), room, context_length)
+        fitted.append(list(prompt[-room:]))
+    return fitted
+
+
+def _next_logits(model: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor,
+                 mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+    """Float logits (B, V) at the last position. With a cache only the tokens it does not hold
+    yet are fed (the whole prompt first, then one token a step); without one the whole sequence
+    is recomputed."""
+    if cache is not None:
+        ids, positions = ids[:, cache.length:], positions[:, cache.length:]
+    logits = model(ids, position_ids=positions, attention_mask=mask, cache=cache, last_only=True)
+    return logits[:, -1].float()
+
+
+def _record(tokens: list[int], out: list[list[int]], reasons: list[str | None],
+            stop_ids: set[int], stream: StreamCallback | None) -> None:
+    """Append each unfinished row's new token to ``out``; set ``reasons[row]`` when it stops.
+    Finished rows keep decoding with the batch, and their tokens are dropped here."""
+    for row, token_id in enumerate(tokens):
+        if reasons[row] is not None:
+            continue
+        if token_id in stop_ids:
+            reasons[row] = "stop"
+            continue
+        out[row].append(token_id)
+        if stream is not None and stream(row, token_id):
+            reasons[row] = "stop"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             repetition_penalty: float = 1.0, greedy: bool = False,
+             stop_token_ids: Iterable[int] | None = None, seed: int | None = None,
+             use_cache: bool = True, stream: StreamCallback | None = None,
+             precision: str = "auto") -> list[Completion]:
+    """Continue each prompt (a list of token ids) by up to ``max_new_tokens`` tokens.
+
+    Decoding uses a KV cache: one forward pass over the (left-padded) prompts, then one token per
+    step; ``use_cache=False`` recomputes the full sequence every step instead (same tokens,
+    slower; a reference for tests). A row stops at any of ``stop_token_ids`` (the stop token is
+    not returned) or when ``stream(row, token_id)`` returns True; the batch ends when all rows
+    have stopped. ``seed`` makes sampling reproducible; the sampling settings are those of
+    :func:`sample_next`. Put the model in eval mode first (dropout). ``precision`` is "auto" (bf16 autocast
+    where the hardware runs it fast), "fp32", "bf16" or "fp16"; a model loaded in a lower dtype
+    runs in that dtype.
+
+    Context: the sequence never exceeds ``model.config.context_length``. A prompt longer than
+    context_length - 1 is cropped from the left (keeping its end) with a warning, and generation
+    stops when the longest prompt of the batch plus its new tokens fills the context, with a
+    warning and finish_reason "context".
+    """
+    check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    cfg = model.config
+    _check_prompts(prompts, cfg.vocab_size)
+    prompts = _fit_context(prompts, cfg.context_length)
+    longest = max(len(p) for p in prompts)
+    steps = min(max_new_tokens, cfg.context_length - longest)
+    if steps < max_new_tokens:
+        log.warning("generation stops at the model's context_length=%d: %d of %d new tokens",
+                    cfg.context_length, steps, max_new_tokens)
+
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, device)
+    positions = positions_from_mask(mask)
+    padded = not bool(mask.all())  # without padding the model's fused causal kernels apply
+    seen = token_presence(ids, mask, cfg.vocab_size)
+    generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
+    stop_ids = set(stop_token_ids or ())
+    choose = functools.partial(sample_next, temperature=temperature, top_k=top_k, top_p=top_p,
+                               repetition_penalty=repetition_penalty, greedy=greedy,
+                               generator=generator)
+
+    out: list[list[int]] = [[] for _ in prompts]
+    reasons: list[str | None] = [None] * len(prompts)
+    with autocast(device, resolve_precision(precision, device)):
+        cache = model.new_cache(len(prompts), longest + steps) if use_cache else None
+        for _ in range(steps):
+            logits = _next_logits(model, ids, positions, mask if padded else None, cache)
+            token = choose(logits, seen)
+            ids = torch.cat([ids, token[:, None]], dim=1)
+            positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            seen.scatter_(1, token[:, None], True)
+            _record(token.tolist(), out, reasons, stop_ids, stream)
+            if all(reasons):
+                break
+    end_reason = "length" if steps == max_new_tokens else "context"
+    return [Completion(tokens, reason or end_reason) for tokens, reason in zip(out, reasons)]
