@@ -13,17 +13,31 @@ The public API, on which the `lmforge` CLI is built::
 
 __version__ = "0.1.0"
 
-from .data.prepare import prepare_corpus  # noqa: E402
-from .errors import CheckpointError, ConfigError, DataError, LMForgeError  # noqa: E402
-from .generation import generate, generate_text  # noqa: E402
-from .evaluation.scoring import score_text  # noqa: E402
-from .models import GPT, PRESETS, ModelConfig, from_pretrained, preset, save_pretrained  # noqa: E402
-from .tokenization import load_tokenizer, save_tokenizer, train_tokenizer  # noqa: E402
-from .training import TrainConfig, Trainer, pretrain  # noqa: E402
+# Names resolve on first use, so `import lmforge` (and every prepare worker process, which
+# imports lmforge.data) stays light: torch is loaded only by what needs it.
+_EXPORTS = {
+    "prepare_corpus": ".data.prepare",
+    "LMForgeError": ".errors", "ConfigError": ".errors", "DataError": ".errors",
+    "CheckpointError": ".errors",
+    "generate": ".generation", "generate_text": ".generation",
+    "score_text": ".evaluation.scoring",
+    "GPT": ".models", "PRESETS": ".models", "ModelConfig": ".models", "from_pretrained": ".models",
+    "preset": ".models", "save_pretrained": ".models",
+    "load_tokenizer": ".tokenization", "save_tokenizer": ".tokenization",
+    "train_tokenizer": ".tokenization",
+    "TrainConfig": ".training", "Trainer": ".training", "pretrain": ".training",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "GPT", "ModelConfig", "PRESETS", "TrainConfig", "Trainer",
-    "LMForgeError", "ConfigError", "DataError", "CheckpointError",
-    "from_pretrained", "generate", "generate_text", "load_tokenizer", "prepare_corpus", "preset",
-    "pretrain", "save_pretrained", "save_tokenizer", "score_text", "train_tokenizer",
-]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lmforge' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

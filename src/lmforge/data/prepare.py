@@ -1,0 +1,469 @@
+"""Turn raw text into a tokenized pretraining dataset: flat binary shards plus meta.json.
+
+    read (streamed) -> clean + filter + tokenize (worker processes) -> dedup -> shards
+
+Workers get chunks of about a megabyte of text, at most ``2 * workers`` chunks in flight, and
+results are consumed in chunk order: memory stays bounded and the output is byte-identical for
+any worker count. Stateful decisions (exact and near dedup) happen in the main process, in
+order, so "the first copy wins" is well defined.
+
+Output folder::
+
+    train-00000.bin ...   token ids, little-endian uint16 (vocab <= 65536) or uint32,
+    val-00000.bin ...     every document followed by the EOS id
+    tokenizer.json        the tokenizer that produced them
+    meta.json             dtype, vocab_size, eos_id, tokenizer_sha256, splits, cleaning stats
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .. import __version__
+from ..config import from_dict
+from ..errors import ConfigError, DataError
+from ..tokenization.info import eos_token_id, vocab_size as tokenizer_vocab_size
+from ..tokenization.load import load_tokenizer, save_tokenizer, tokenizer_sha256
+from .cleaning import (NORMALIZATIONS, DocumentCleaner, ExactDeduplicator, NearDeduplicator,
+                       content_hash, minhash_signatures, new_stats)
+from .readers import expand_inputs, iter_corpus
+
+FORMAT = "lmforge-tokens/1"
+META_FILE = "meta.json"
+SPLITS = ("train", "val")
+CHUNK_CHARS = 1 << 20
+CHUNK_DOCS = 4096
+# Longer documents are encoded in pieces cut after "<non-space>\n" before a non-space
+# character: a point where byte-level BPE, WordPiece and char pre-tokenizers split anyway,
+# so the ids are unchanged while the tokenizer's per-call memory stays small.
+PIECE_CHARS = 1 << 18
+_SAFE_BREAK = re.compile(r"\S\n(?=\S)")
+
+
+@dataclass
+class PrepareOptions:
+    """Options of :func:`prepare_corpus` (the CLI flags of ``lmforge prepare``)."""
+
+    text_field: str = "text"
+    split_on_blank_lines: bool = False
+    split_on_lines: bool = False
+    separator: str | None = None
+    encoding: str = "utf-8"
+    normalize: str = "nfc"
+    remove_control_chars: bool = True
+    collapse_whitespace: bool = False
+    min_chars: int = 0
+    max_chars: int | None = None
+    min_alpha_frac: float = 0.0
+    dedup: bool = True
+    near_dedup: bool = False
+    near_dedup_threshold: float = 0.8
+    val_fraction: float = 0.005
+    val_inputs: list[str] = field(default_factory=list)
+    shard_tokens: int = 100_000_000
+    eos_id: int | None = None
+    workers: int | None = None
+    overwrite: bool = False
+    progress: bool = False
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid option."""
+        self.val_inputs = [str(p) for p in self.val_inputs]
+        self.normalize = (self.normalize or "none").lower()
+        if self.normalize not in NORMALIZATIONS:
+            raise ConfigError(f"normalize must be one of {', '.join(NORMALIZATIONS)}")
+        if sum([self.split_on_blank_lines, self.split_on_lines, self.separator is not None]) > 1:
+            raise ConfigError("choose one of split_on_blank_lines, split_on_lines, separator")
+        if self.separator is not None and not self.separator.strip():
+            raise ConfigError("separator must be a non-blank line (use split_on_blank_lines)")
+        if self.min_chars < 0 or (self.max_chars is not None and self.max_chars < max(self.min_chars, 1)):
+            raise ConfigError("need 0 <= min_chars <= max_chars and max_chars >= 1")
+        if not 0.0 <= self.min_alpha_frac <= 1.0:
+            raise ConfigError("min_alpha_frac must be within [0, 1]")
+        if not 0.0 < self.near_dedup_threshold < 1.0:
+            raise ConfigError("near_dedup_threshold must be within (0, 1)")
+        if not 0.0 <= self.val_fraction <= 1.0:
+            raise ConfigError("val_fraction must be within [0, 1]")
+        if self.shard_tokens < 1:
+            raise ConfigError("shard_tokens must be positive")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError("workers must be >= 0 (0 or 1: no worker processes)")
+
+    @property
+    def split_mode(self) -> str:
+        if self.separator is not None:
+            return "separator"
+        if self.split_on_lines:
+            return "lines"
+        return "blank-lines" if self.split_on_blank_lines else "file"
+
+    def read_kwargs(self) -> dict[str, Any]:
+        return {"split": self.split_mode, "separator": self.separator,
+                "text_field": self.text_field, "encoding": self.encoding}
+
+    def cleaner_kwargs(self) -> dict[str, Any]:
+        return {"normalize": self.normalize, "remove_control_chars": self.remove_control_chars,
+                "collapse_whitespace": self.collapse_whitespace, "min_chars": self.min_chars,
+                "max_chars": self.max_chars, "min_alpha_frac": self.min_alpha_frac}
+
+    def recorded(self) -> dict[str, Any]:
+        """The options that shape the output (for meta.json; not workers, progress, overwrite)."""
+        data = dataclasses.asdict(self)
+        for name in ("workers", "overwrite", "progress"):
+            data.pop(name)
+        return data
+
+
+# ----------------------------------------------------------------------------- worker side
+
+@dataclass
+class ChunkResult:
+    """What a worker returns for one chunk: stats and the surviving documents' tokens."""
+
+    stats: dict[str, int]
+    keys: np.ndarray        # uint64 dedup key per surviving doc
+    is_val: np.ndarray      # bool per surviving doc
+    lengths: np.ndarray     # tokens per surviving doc, EOS included
+    tokens: np.ndarray      # all tokens of the chunk, concatenated
+    signatures: list[Any] | None  # MinHash per surviving doc when near-dedup is on
+
+
+def _pieces(text: str) -> list[str]:
+    if len(text) <= PIECE_CHARS:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > PIECE_CHARS:
+        match = _SAFE_BREAK.search(text, start + PIECE_CHARS)
+        if match is None:
+            break
+        pieces.append(text[start:match.end()])
+        start = match.end()
+    pieces.append(text[start:])
+    return pieces
+
+
+class ChunkProcessor:
+    """Clean, hash, split-assign and tokenize chunks of raw documents (runs inside a worker)."""
+
+    def __init__(self, tokenizer_json: str, settings: dict[str, Any]):
+        self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        self.cleaner = DocumentCleaner(**settings["cleaner"])
+        self.eos_id = settings["eos_id"]
+        self.dtype = np.dtype(settings["dtype"])
+        self.near_dedup = settings["near_dedup"]
+        # A doc goes to val when its split hash, read as a fraction of 2**64, is < val_fraction.
+        self.val_threshold = int(settings["val_fraction"] * 2**64)
+
+    def process(self, docs: list[str], split: str | None) -> ChunkResult:
+        """``split`` forces every doc into that split; None assigns by content hash."""
+        stats = new_stats()
+        texts, keys, is_val = [], [], []
+        for raw in docs:
+            stats["docs_in"] += 1
+            stats["bytes_in"] += len(raw.encode("utf-8", "surrogatepass"))
+            text = self.cleaner.clean(raw, stats)
+            if text is None:
+                continue
+            dedup_key, split_key = content_hash(text)
+            texts.append(text)
+            keys.append(dedup_key)
+            is_val.append(split == "val" if split else split_key < self.val_threshold)
+        tokens, lengths = self._encode(texts)
+        return ChunkResult(stats=stats, keys=np.array(keys, dtype=np.uint64),
+                           is_val=np.array(is_val, dtype=bool), lengths=lengths, tokens=tokens,
+                           signatures=minhash_signatures(texts) if self.near_dedup else None)
+
+    def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        pieces_per_doc, pieces = [], []
+        for text in texts:
+            parts = _pieces(text)
+            pieces_per_doc.append(len(parts))
+            pieces.extend(parts)
+        encodings = iter(self.tokenizer.encode_batch(pieces, add_special_tokens=False))
+        ids: list[int] = []
+        lengths = np.empty(len(texts), dtype=np.int64)
+        for i, count in enumerate(pieces_per_doc):
+            start = len(ids)
+            for _ in range(count):
+                ids.extend(next(encodings).ids)
+            ids.append(self.eos_id)
+            lengths[i] = len(ids) - start
+        return np.array(ids, dtype=self.dtype), lengths
+
+
+_processor: ChunkProcessor | None = None
+
+
+def _init_worker(tokenizer_json: str, settings: dict[str, Any]) -> None:
+    global _processor
+    # One tokenizer thread per worker process: the processes are the parallelism.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _processor = ChunkProcessor(tokenizer_json, settings)
+
+
+def _process_in_worker(docs: list[str], split: str | None) -> ChunkResult:
+    return _processor.process(docs, split)
+
+
+def _run_chunks(chunks: Iterable[tuple[list[str], str | None]], workers: int,
+                tokenizer_json: str, settings: dict[str, Any]) -> Iterator[ChunkResult]:
+    """Results of ``chunks`` in order, with at most ``2 * workers`` chunks submitted at a time."""
+    if workers <= 1:
+        processor = ChunkProcessor(tokenizer_json, settings)
+        for docs, split in chunks:
+            yield processor.process(docs, split)
+        return
+    # spawn, not fork: forking a process that has used the tokenizers thread pool can deadlock.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(tokenizer_json, settings))
+    pending: deque = deque()
+    try:
+        for docs, split in chunks:
+            pending.append(pool.submit(_process_in_worker, docs, split))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------- main side
+
+def _chunks(paths: Sequence[str], split: str | None,
+            read_kwargs: dict[str, Any]) -> Iterator[tuple[list[str], str | None]]:
+    docs, chars = [], 0
+    for doc in iter_corpus(paths, **read_kwargs):
+        docs.append(doc)
+        chars += len(doc)
+        if chars >= CHUNK_CHARS or len(docs) >= CHUNK_DOCS:
+            yield docs, split
+            docs, chars = [], 0
+    if docs:
+        yield docs, split
+
+
+class ShardWriter:
+    """Append tokens to ``{split}-00000.bin``, ``{split}-00001.bin``... of ``shard_tokens`` each."""
+
+    def __init__(self, folder: Path, split: str, dtype: np.dtype, shard_tokens: int):
+        self.folder, self.split, self.dtype, self.shard_tokens = folder, split, dtype, shard_tokens
+        self.shards: list[str] = []
+        self.shard_sizes: list[int] = []
+        self.docs = 0
+        self._file = None
+
+    def write(self, tokens: np.ndarray, docs: int) -> None:
+        self.docs += docs
+        while tokens.size:
+            if self._file is None:
+                name = f"{self.split}-{len(self.shards):05d}.bin"
+                self._file = open(self.folder / name, "wb")
+                self.shards.append(name)
+                self.shard_sizes.append(0)
+            room = self.shard_tokens - self.shard_sizes[-1]
+            part, tokens = tokens[:room], tokens[room:]
+            self._file.write(part.astype(self.dtype, copy=False).tobytes())
+            self.shard_sizes[-1] += part.size
+            if self.shard_sizes[-1] == self.shard_tokens:
+                self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"shards": list(self.shards), "shard_tokens": list(self.shard_sizes),
+                "tokens": sum(self.shard_sizes), "docs": self.docs}
+
+
+class _Progress:
+    """tqdm on stderr counting input bytes, with documents and docs/s alongside."""
+
+    def __init__(self, enabled: bool):
+        from tqdm import tqdm
+
+        # leave=False: the bar clears itself, so an error below it stays a single line.
+        self.bar = tqdm(desc="prepare", unit="B", unit_scale=True, unit_divisor=1000, leave=False,
+                        disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+        self.start = time.perf_counter()
+
+    def update(self, stats: dict[str, int]) -> None:
+        if self.bar.disable:
+            return
+        rate = stats["docs_in"] / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{stats['docs_in']:,} docs, {rate:,.0f} docs/s", refresh=False)
+        self.bar.update(stats["bytes_in"] - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _absorb(result: ChunkResult, stats: dict[str, int], writers: dict[str, ShardWriter],
+            exact: ExactDeduplicator | None, near: NearDeduplicator | None) -> None:
+    """Merge one chunk's stats, drop duplicates in order, write the survivors' tokens."""
+    for key, value in result.stats.items():
+        stats[key] += value
+    keep = np.ones(result.keys.size, dtype=bool)
+    if exact is not None or near is not None:
+        for i, key in enumerate(result.keys.tolist()):
+            if exact is not None and not exact.is_new(key):
+                keep[i] = False
+                stats["removed_duplicate"] += 1
+            elif near is not None and not near.is_new(result.signatures[i]):
+                keep[i] = False
+                stats["removed_near_duplicate"] += 1
+    for split, mask in (("train", keep & ~result.is_val), ("val", keep & result.is_val)):
+        docs = int(mask.sum())
+        if docs:
+            writers[split].write(result.tokens[np.repeat(mask, result.lengths)], docs)
+            stats["docs_out"] += docs
+
+
+def _check_output_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output path exists and is not a folder: {out}")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise DataError(f"output folder exists and is not empty: {out} (pass --overwrite to replace it)")
+
+
+def _make_temp_dir(out: Path) -> Path:
+    """An empty folder beside ``out`` (same filesystem, so the final rename is atomic)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset should not be
+    return tmp
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Swap the finished dataset in; an existing one is only removed once the new one is there."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _no_documents_error(stats: dict[str, int], inputs: Sequence[str]) -> DataError:
+    if stats["docs_in"] == 0:
+        return DataError(f"no documents in the inputs (empty?): {', '.join(inputs)}")
+    removed = ", ".join(f"{key[len('removed_'):].replace('_', ' ')} {value}"
+                        for key, value in stats.items() if key.startswith("removed_") and value)
+    return DataError(f"no documents left after cleaning: {stats['docs_in']} read, all removed "
+                     f"({removed})")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (respects affinity masks, e.g. in containers)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(len(os.sched_getaffinity(0)), 1)
+    return os.cpu_count() or 1
+
+
+def _resolve_tokenizer(tokenizer: Tokenizer | str | Path) -> Tokenizer:
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
+    # A copy without truncation or padding: a pretraining document must keep all its tokens.
+    tok = Tokenizer.from_str(tok.to_str())
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
+def prepare_corpus(inputs: Sequence[str | Path], tokenizer: Tokenizer | str | Path,
+                   out_dir: str | Path, **options: Any) -> dict[str, Any]:
+    """Clean, deduplicate, tokenize and shard ``inputs`` into ``out_dir``; return its meta.json.
+
+    ``inputs`` are .txt/.jsonl/.parquet files, their .gz forms, folders of them, or ``-``
+    (stdin). ``tokenizer`` is a Tokenizer or anything :func:`load_tokenizer` accepts.
+    ``options`` are the fields of :class:`PrepareOptions`. The dataset is built in a temporary
+    folder beside ``out_dir`` and renamed into place at the end, so a failed run leaves no
+    half-written dataset and never damages an existing one.
+
+    With ``workers`` > 1, worker processes are started with "spawn": a script calling this
+    must do so under ``if __name__ == "__main__":``.
+    """
+    opts = from_dict(PrepareOptions, options, where="prepare options")
+    tok = _resolve_tokenizer(tokenizer)
+    vocab = max(tokenizer_vocab_size(tok), max(tok.get_vocab(with_added_tokens=True).values()) + 1)
+    eos = opts.eos_id if opts.eos_id is not None else eos_token_id(tok)
+    if eos is None:
+        raise DataError("the tokenizer has no end-of-text token (<|endoftext|>, </s>, [SEP] or "
+                        "<eos>); pass --eos-id")
+    if not 0 <= eos < vocab:
+        raise DataError(f"eos id {eos} is out of range for vocab size {vocab}")
+    dtype = np.dtype("<u2") if vocab <= 2**16 else np.dtype("<u4")
+    train_paths = expand_inputs(inputs)
+    val_paths = expand_inputs(opts.val_inputs) if opts.val_inputs else []
+    if (train_paths + val_paths).count("-") > 1:
+        raise DataError("stdin (-) can be read only once")
+    out = Path(out_dir)
+    _check_output_dir(out, opts.overwrite)
+
+    settings = {"cleaner": opts.cleaner_kwargs(), "eos_id": eos, "dtype": dtype.str,
+                "near_dedup": opts.near_dedup, "val_fraction": opts.val_fraction}
+    read = opts.read_kwargs()
+    # With --val-input, val docs come first so dedup drops train copies of val docs, not the reverse.
+    chunks = (_chunks(val_paths, "val", read), _chunks(train_paths, "train", read)) if val_paths \
+        else (_chunks(train_paths, None, read),)
+    workers = opts.workers if opts.workers is not None else available_cores()
+
+    tmp = _make_temp_dir(out)
+    writers = {split: ShardWriter(tmp, split, dtype, opts.shard_tokens) for split in SPLITS}
+    stats = new_stats()
+    exact = ExactDeduplicator() if opts.dedup else None
+    near = NearDeduplicator(opts.near_dedup_threshold) if opts.near_dedup else None
+    progress = _Progress(opts.progress)
+    try:
+        all_chunks = (chunk for stream in chunks for chunk in stream)
+        for result in _run_chunks(all_chunks, workers, tok.to_str(), settings):
+            _absorb(result, stats, writers, exact, near)
+            progress.update(stats)
+        for writer in writers.values():
+            writer.close()
+        if stats["docs_out"] == 0:
+            raise _no_documents_error(stats, [str(p) for p in [*inputs, *opts.val_inputs]])
+        save_tokenizer(tok, tmp)
+        meta = {
+            "format": FORMAT,
+            "dtype": "uint16" if dtype.itemsize == 2 else "uint32",
+            "vocab_size": vocab,
+            "eos_id": eos,
+            "tokenizer_sha256": tokenizer_sha256(tok),
+            "splits": {split: writer.summary() for split, writer in writers.items()},
+            "cleaning": stats,
+            "inputs": [str(p) for p in inputs],
+            "options": opts.recorded(),
+            "lmforge_version": __version__,
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        _move_into_place(tmp, out)
+    except BaseException:
+        for writer in writers.values():
+            writer.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        progress.close()
+    return meta

@@ -1,0 +1,132 @@
+"""Train a tokenizer on raw text: char-level, GPT-2 style byte-level BPE, or BERT WordPiece.
+
+All three are Hugging Face ``tokenizers`` pipelines, so a trained tokenizer saves as a standard
+``tokenizer.json`` that ``transformers`` loads too. Training text is streamed from the files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+from ..errors import ConfigError, DataError
+from .pipelines import (BERT_SPECIALS, BERT_UNK, CHAR_UNK, ENDOFTEXT, NORMALIZATIONS,
+                        bert_post_processor, set_bert_pipeline, set_byte_level_pipeline,
+                        set_char_pipeline, text_normalizer)
+
+KINDS = ("char", "bpe", "wordpiece")
+DEFAULT_SPECIAL_TOKENS = {"char": [ENDOFTEXT], "bpe": [ENDOFTEXT], "wordpiece": BERT_SPECIALS}
+BYTE_ALPHABET = 256
+UNLIMITED_VOCAB = 1 << 30
+TRAIN_BATCH_LINES = 1000
+
+
+def _check_args(kind: str, vocab_size: int | None, specials: list[str],
+                normalization: str | None, min_frequency: int) -> None:
+    if kind not in KINDS:
+        raise ConfigError(f"tokenizer kind must be one of {', '.join(KINDS)}, got '{kind}'")
+    if normalization not in NORMALIZATIONS:
+        raise ConfigError(f"normalization must be none, nfc or nfkc, got '{normalization}'")
+    if min_frequency < 1:
+        raise ConfigError(f"min_frequency must be at least 1, got {min_frequency}")
+    if len(set(specials)) != len(specials) or not all(specials):
+        raise ConfigError("special tokens must be distinct non-empty strings")
+    if vocab_size is None:
+        if kind != "char":
+            raise ConfigError(f"vocab_size is required for a {kind} tokenizer")
+        return
+    smallest = len(specials) + (BYTE_ALPHABET if kind == "bpe" else 1)
+    if vocab_size < smallest:
+        what = "256 bytes + special tokens" if kind == "bpe" else "special tokens + 1"
+        raise ConfigError(f"vocab_size {vocab_size} is too small for {kind}: need at least "
+                          f"{smallest} ({what})")
+
+
+def _training_text(paths: Sequence[str], encoding: str, counter: list[int]) -> Iterator[list[str]]:
+    """Batches of lines (newlines kept, so a char vocab learns them) or JSONL/Parquet records."""
+    # Imported here: lmforge.data imports lmforge.tokenization at module level.
+    from ..data.readers import TEXT, input_format, iter_documents, iter_lines
+
+    batch: list[str] = []
+    for path in paths:
+        if input_format(path) == TEXT:
+            texts = iter_lines(path, encoding)
+        else:
+            texts = iter_documents(path, encoding=encoding)
+        for text in texts:
+            batch.append(text)
+            counter[0] += len(text)
+            if len(batch) >= TRAIN_BATCH_LINES:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def _model_and_trainer(kind: str, vocab_size: int | None, specials: list[str],
+                       min_frequency: int, show_progress: bool):
+    if kind == "char":
+        # A character seen once is still a character: min_frequency does not apply.
+        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size or UNLIMITED_VOCAB,
+                                            min_frequency=1, special_tokens=specials,
+                                            show_progress=show_progress)
+        return Tokenizer(models.WordLevel(unk_token=CHAR_UNK)), trainer
+    if kind == "bpe":
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                      special_tokens=specials, show_progress=show_progress,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        return Tokenizer(models.BPE()), trainer
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                        special_tokens=specials, show_progress=show_progress,
+                                        continuing_subword_prefix="##")
+    return Tokenizer(models.WordPiece(unk_token=BERT_UNK, continuing_subword_prefix="##")), trainer
+
+
+def train_tokenizer(files: Sequence[str | Path], kind: str = "bpe", vocab_size: int | None = None,
+                    special_tokens: Sequence[str] | None = None, lowercase: bool = False,
+                    normalization: str | None = None, min_frequency: int = 2,
+                    encoding: str = "utf-8", show_progress: bool = False) -> Tokenizer:
+    """Train a ``kind`` tokenizer ("char", "bpe" or "wordpiece") on text files or folders.
+
+    - char: one token per Unicode character (newline included) and a ``<unk>`` for characters
+      never seen; ``vocab_size`` (optional) caps the vocab to the most frequent characters.
+    - bpe: GPT-2 style byte-level BPE; all 256 bytes are in the vocab, so nothing is unknown
+      and decode(encode(text)) == text.
+    - wordpiece: BERT style (BertNormalizer, BertPreTokenizer, ``##`` continuations) with the
+      post-processor ``[CLS] A [SEP]`` / ``[CLS] A [SEP] B [SEP]``.
+
+    ``special_tokens`` default to ``<|endoftext|>`` (char, bpe) or ``[PAD] [UNK] [CLS] [SEP]
+    [MASK]`` (wordpiece) and take the first ids. ``files`` may hold .txt, .jsonl, .parquet,
+    .gz files and folders of them, read as ``encoding``; text is streamed, never loaded whole.
+    """
+    from ..data.readers import expand_inputs
+
+    specials = list(DEFAULT_SPECIAL_TOKENS.get(kind, []) if special_tokens is None else special_tokens)
+    if normalization == "none":
+        normalization = None
+    _check_args(kind, vocab_size, specials, normalization, min_frequency)
+    # The model's unknown token must exist in the vocab, or unseen text fails to encode.
+    unk = {"char": CHAR_UNK, "wordpiece": BERT_UNK}.get(kind)
+    if unk and unk not in specials:
+        specials.append(unk)
+    paths = expand_inputs(files)
+
+    tokenizer, trainer = _model_and_trainer(kind, vocab_size, specials, min_frequency, show_progress)
+    if kind == "char":
+        set_char_pipeline(tokenizer)
+        tokenizer.normalizer = text_normalizer(lowercase, normalization)
+    elif kind == "bpe":
+        set_byte_level_pipeline(tokenizer)
+        tokenizer.normalizer = text_normalizer(lowercase, normalization)
+    else:
+        set_bert_pipeline(tokenizer, lowercase, normalization)
+
+    chars = [0]
+    tokenizer.train_from_iterator(_training_text(paths, encoding, chars), trainer=trainer)
+    if chars[0] == 0:
+        raise DataError(f"no text to train on in: {', '.join(map(str, files))}")
+    if kind == "wordpiece":
+        tokenizer.post_processor = bert_post_processor(tokenizer)
+    return tokenizer
