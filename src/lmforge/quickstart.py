@@ -49,8 +49,8 @@ def quickstart(out: str | Path = "runs/quickstart", corpus: str | Path | None = 
 
     log(f"[4/4] sampling from {out / 'run' / 'model'} with prompt {prompt!r}:\n")
     model = from_pretrained(out / "run" / "model")
-    text = generate_text(model, load_tokenizer(tok_file), [prompt], max_new_tokens=160,
-                         temperature=0.8, top_k=50, seed=1337)[0]
+    text = generate_text(model, load_tokenizer(tok_file), [prompt], max_new_tokens=120,
+                         temperature=0.8, top_k=50, seed=1337)[0].text
     log(prompt + text)
     log(f"\ndone in {time.perf_counter() - t0:.0f}s. Next: lmforge generate --model {out / 'run'} "
         f"--prompt 'JULIET:'")
