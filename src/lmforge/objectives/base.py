@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from ..data.dataset import RandomWindows, SequentialWindows, TokenShards, fixed_windows
+
 from ..errors import ConfigError
 
 
@@ -16,9 +18,30 @@ class Objective:
 
     name = "objective"
 
+    def __init__(self, tokenizer=None, meta: dict | None = None, **options: Any):
+        """``tokenizer`` (a ``tokenizers.Tokenizer``, if the dataset has one) and the dataset's
+        ``meta`` give objectives their special token ids; ``options`` come from
+        ``TrainConfig.objective_args``."""
+        self.tokenizer, self.meta = tokenizer, meta or {}
+        if options:
+            raise ConfigError(f"objective '{self.name}' takes no option(s) {', '.join(sorted(options))}")
+
     def window_length(self, block_size: int) -> int:
         """Tokens per raw window drawn from the dataset for a model context of ``block_size``."""
         return block_size
+
+    def train_sampler(self, data: TokenShards, block_size: int, batch_size: int, seed: int,
+                      sampling: str = "random"):
+        """The training batch source: ``next_batch()`` gives what ``make_batch`` takes, and
+        ``state_dict()`` / ``load_state_dict()`` make its position part of a checkpoint.
+        Default: random or sequential windows of ``window_length(block_size)`` tokens."""
+        cls = RandomWindows if sampling == "random" else SequentialWindows
+        return cls(data, self.window_length(block_size), batch_size, seed=seed)
+
+    def eval_batches(self, data: TokenShards, block_size: int, batch_size: int, count: int) -> list:
+        """A fixed list of ``count`` validation batches (the same at every evaluation)."""
+        windows = fixed_windows(data, self.window_length(block_size), count * batch_size)
+        return list(windows.split(batch_size))
 
     def check_model(self, model: torch.nn.Module) -> None:
         """Raise ConfigError if this objective cannot train ``model``."""
@@ -32,7 +55,7 @@ class Objective:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        """RNG or curriculum state to checkpoint (objectives that sample masks use it)."""
+        """RNG or carried state to checkpoint (tensor values are stored as tensors)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -47,7 +70,8 @@ def register(cls: type[Objective]) -> type[Objective]:
     return cls
 
 
-def get_objective(name: str, **kwargs: Any) -> Objective:
+def get_objective(name: str, tokenizer=None, meta: dict | None = None, **options: Any) -> Objective:
+    """Instantiate objective ``name`` with the dataset's tokenizer/meta and its options."""
     if name not in OBJECTIVES:
         raise ConfigError(f"unknown objective '{name}'; choose one of: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name](**kwargs)
+    return OBJECTIVES[name](tokenizer=tokenizer, meta=meta, **options)

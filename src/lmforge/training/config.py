@@ -21,6 +21,7 @@ class TrainConfig:
     model: str = _help("preset name (see `lmforge models`) or a model folder to start from", "gpt-mini")
     model_args: dict = _help("architecture overrides, e.g. {n_layer: 4} (flags: --n_layer 4)", None)
     objective: str = _help("training objective", "causal_lm")
+    objective_args: dict = _help("objective options as JSON, e.g. {\"mask_prob\": 0.15}", None)
     block_size: int | None = _help("tokens per training sequence (default: min(512, model context))", None)
     batch_size: int = _help("sequences per micro-batch", 16)
     grad_accum: int = _help("micro-batches per optimizer step", 1)

@@ -18,7 +18,7 @@ import torch
 
 from .. import __version__
 from ..config import from_dict, load_file, save_yaml
-from ..data.dataset import RandomWindows, SequentialWindows, TokenShards, fixed_windows
+from ..data.dataset import TokenShards
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models.config import ModelConfig, preset
 from ..models.io import build_model, from_pretrained, save_pretrained, tokenizer_path
@@ -86,15 +86,20 @@ class Trainer:
             raise ConfigError(f"config field 'block_size' ({self.block_size}) is larger than the "
                               f"model context ({mcfg.context_length}); lower it or raise "
                               "--context_length for a new model")
-        self.objective = get_objective(cfg.objective)
+        tokenizer = None
+        if self.tokenizer_file.is_file():
+            from ..tokenization import load_tokenizer
+            tokenizer = load_tokenizer(self.tokenizer_file)
+        self.objective = get_objective(cfg.objective, tokenizer=tokenizer, meta=self.train_data.meta,
+                                       **(cfg.objective_args or {}))
         self.objective.check_model(self.model)
         self.model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
-        self.window = self.objective.window_length(self.block_size)
-        sampler_cls = RandomWindows if cfg.sampling == "random" else SequentialWindows
-        self.sampler = sampler_cls(self.train_data, self.window, cfg.batch_size, seed=cfg.seed)
-        self.val_windows = (fixed_windows(self.val_data, self.window, cfg.eval_batches * cfg.batch_size)
+        self.sampler = self.objective.train_sampler(self.train_data, self.block_size,
+                                                    cfg.batch_size, cfg.seed, cfg.sampling)
+        self.val_batches = (self.objective.eval_batches(self.val_data, self.block_size,
+                                                        cfg.batch_size, cfg.eval_batches)
                             if self.val_data is not None else None)
         self.forward_model = torch.compile(self.model) if cfg.compile else self.model
         self.step, self.tokens_seen = 0, 0
@@ -164,7 +169,10 @@ class Trainer:
         if data_state["kind"] == "random":
             data_state["generator"] = tensors["data.generator"]
         self.sampler.load_state_dict(data_state)
-        self.objective.load_state_dict(state.get("objective", {}))
+        objective_state = dict(state.get("objective", {}))
+        objective_state.update({k.removeprefix("objective."): v for k, v in tensors.items()
+                                if k.startswith("objective.")})
+        self.objective.load_state_dict(objective_state)
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
 
@@ -200,12 +208,12 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean validation loss over the fixed validation windows, and its perplexity."""
-        if self.val_windows is None:
+        """Mean validation loss over the fixed validation batches, and its perplexity."""
+        if self.val_batches is None:
             return {}
         self.model.eval()
         losses = []
-        for chunk in self.val_windows.split(self.cfg.batch_size):
+        for chunk in self.val_batches:
             batch = {k: v.to(self.device) for k, v in self.objective.make_batch(chunk).items()}
             with autocast(self.device, self.precision):
                 losses.append(self.objective.loss(self.forward_model, batch).item())
@@ -218,10 +226,16 @@ class Trainer:
         data_state = self.sampler.state_dict()
         if "generator" in data_state:
             tensors["data.generator"] = data_state.pop("generator")
+        objective_state = {}
+        for key, value in self.objective.state_dict().items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"objective.{key}"] = value
+            else:
+                objective_state[key] = value
         state = {"step": self.step, "tokens_seen": self.tokens_seen,
                  "best_val": None if math.isinf(self.best_val) else self.best_val,
                  "best_step": self.best_step, "rng": json_rng, "data": data_state,
-                 "objective": self.objective.state_dict(),
+                 "objective": objective_state,
                  "model_config": self.model.config.to_dict(),
                  "config": dataclasses.asdict(self.cfg), "lmforge_version": __version__}
         if self.scaler is not None:
@@ -272,7 +286,7 @@ class Trainer:
                     window_start, window_tokens, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
                 progress.update(1)
                 evaluate = last or (cfg.eval_interval and self.step % cfg.eval_interval == 0)
-                if evaluate and self.val_windows is not None:
+                if evaluate and self.val_batches is not None:
                     val = self.evaluate()
                     metrics.update(val)
                     logger.log(self.step, **val)
