@@ -12,7 +12,7 @@ from ..config import from_dict
 from ..errors import ConfigError
 
 CHOICES = {
-    "arch": ("decoder",),
+    "arch": ("decoder", "encoder", "lstm"),
     "pos_embedding": ("learned", "rope"),
     "norm": ("layernorm", "rmsnorm"),
     "norm_placement": ("pre", "post"),
@@ -45,6 +45,12 @@ class ModelConfig:
     tie_embeddings: bool = True
     dropout: float = 0.0
     init_std: float = 0.02
+    # LSTM (arch="lstm") only: share of word types whose embedding is zeroed per batch (AWD-LSTM).
+    embedding_dropout: float = 0.0
+    # Encoder (BERT) parts: segment embeddings, LayerNorm on the embeddings, [CLS] pooler.
+    type_vocab_size: int = 0
+    embedding_norm: bool = False
+    pooler: bool = False
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -70,6 +76,9 @@ class ModelConfig:
             raise ConfigError(f"model field 'head_dim' must be even for RoPE, got {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model field 'dropout' must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.embedding_dropout < 1.0:
+            raise ConfigError("model field 'embedding_dropout' must be in [0, 1), "
+                              f"got {self.embedding_dropout}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,6 +102,11 @@ class ModelConfig:
         return cls.from_dict(data["lmforge"], where=str(path))
 
 
+# BERT parts: post-norm blocks, exact GELU, segment embeddings, embedding LayerNorm, pooler.
+_BERT = dict(arch="encoder", norm_placement="post", activation="gelu", norm_eps=1e-12,
+             type_vocab_size=2, embedding_norm=True, pooler=True, context_length=512,
+             vocab_size=30522)
+
 # Llama-style parts, in one place so presets stay rows of values.
 _LLAMA = dict(pos_embedding="rope", norm="rmsnorm", mlp="swiglu", activation="silu", bias=False)
 
@@ -110,6 +124,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smollm2-135m": dict(n_layer=30, n_head=9, n_kv_head=3, n_embd=576, intermediate_size=1536,
                          context_length=2048, vocab_size=49152, rope_base=100000.0, norm_eps=1e-5,
                          **_LLAMA),
+    "bert-mini": dict(n_layer=4, n_head=4, n_embd=256, **_BERT),
+    "bert-small": dict(n_layer=4, n_head=8, n_embd=512, **_BERT),
+    "bert-base": dict(n_layer=12, n_head=12, n_embd=768, **_BERT),
+    "minilm-l6-h384": dict(n_layer=6, n_head=12, n_embd=384, **_BERT),
+    # LSTM LMs (arch="lstm"); context_length is the truncated-BPTT length (Zaremba et al. 2014).
+    "lstm-small": dict(arch="lstm", n_layer=2, n_embd=256, dropout=0.2, context_length=35,
+                       vocab_size=10000),
+    # Zaremba's "medium" PTB model (2 x 650, dropout 0.5), with tied embeddings.
+    "lstm-medium": dict(arch="lstm", n_layer=2, n_embd=650, dropout=0.5, context_length=35,
+                        vocab_size=10000),
 }
 
 

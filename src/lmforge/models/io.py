@@ -17,19 +17,27 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, ConfigError
 from .config import ModelConfig
+from .lstm import LSTMLM
 from .transformer import GPT
 
 CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME = "config.json", "model.safetensors", "tokenizer.json"
 
 
 def build_model(cfg: ModelConfig) -> torch.nn.Module:
-    """The model class for ``cfg.arch`` (decoder now; encoder and encoder-decoder plug in here)."""
+    """The model class for ``cfg.arch``."""
+    if cfg.arch == "encoder":
+        from .encoder import Encoder
+        return Encoder(cfg)
+    if cfg.arch == "lstm":
+        return LSTMLM(cfg)
     return GPT(cfg)
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """State dict without the tied copy of the embedding (safetensors refuses shared storage)."""
     state = model.state_dict()
+    # Tied copies of the embedding are stored once (safetensors refuses shared storage).
+    state.pop("mlm_head.embedding.weight", None)
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)
     return {k: v.detach().contiguous() for k, v in state.items()}

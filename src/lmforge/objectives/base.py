@@ -39,9 +39,9 @@ class Objective:
         return cls(data, self.window_length(block_size), batch_size, seed=seed)
 
     def eval_batches(self, data: TokenShards, block_size: int, batch_size: int, count: int) -> list:
-        """A fixed list of ``count`` validation batches (the same at every evaluation)."""
+        """A fixed list of ``count`` ready validation batches (the same at every evaluation)."""
         windows = fixed_windows(data, self.window_length(block_size), count * batch_size)
-        return list(windows.split(batch_size))
+        return [self.make_batch(w) for w in windows.split(batch_size)]
 
     def check_model(self, model: torch.nn.Module) -> None:
         """Raise ConfigError if this objective cannot train ``model``."""

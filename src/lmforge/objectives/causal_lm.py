@@ -17,13 +17,17 @@ class CausalLM(Objective):
         return block_size + 1  # inputs are the first block_size tokens, targets shifted by one
 
     def check_model(self, model: torch.nn.Module) -> None:
-        if getattr(model.config, "arch", "decoder") != "decoder":
-            raise ConfigError(f"objective 'causal_lm' needs a decoder model, got '{model.config.arch}'")
+        # An LSTM trains on the same windows, from a fresh state each (see bptt_lm to carry it).
+        if getattr(model.config, "arch", "decoder") not in ("decoder", "lstm"):
+            raise ConfigError(f"objective 'causal_lm' needs a decoder or LSTM model, "
+                              f"got '{model.config.arch}'")
 
     def make_batch(self, windows: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"input_ids": windows[:, :-1], "labels": windows[:, 1:]}
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = model(batch["input_ids"])
+        if isinstance(logits, tuple):  # a recurrent model also returns its state
+            logits = logits[0]
         return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
                                ignore_index=-100)

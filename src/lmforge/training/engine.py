@@ -213,8 +213,8 @@ class Trainer:
             return {}
         self.model.eval()
         losses = []
-        for chunk in self.val_batches:
-            batch = {k: v.to(self.device) for k, v in self.objective.make_batch(chunk).items()}
+        for batch in self.val_batches:
+            batch = {k: v.to(self.device) for k, v in batch.items()}
             with autocast(self.device, self.precision):
                 losses.append(self.objective.loss(self.forward_model, batch).item())
         self.model.train()

@@ -1,0 +1,91 @@
+"""The bidirectional encoder (BERT family), built from the decoder's blocks with causal masking
+off: token + position + segment embeddings, padding mask, pooler and a masked-LM head tied to
+the input embeddings."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .transformer import ACTIVATIONS, Block, init_weights, make_norm
+
+
+class MLMHead(nn.Module):
+    """BERT's prediction head: dense + activation + LayerNorm, then the tied vocab projection."""
+
+    def __init__(self, cfg: ModelConfig, embedding: nn.Embedding):
+        super().__init__()
+        self.dense = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.act = ACTIVATIONS[cfg.activation]
+        self.norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.embedding = embedding  # the decoder matrix is the input embedding (tied)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.norm(self.act(self.dense(h)))
+        return F.linear(h, self.embedding.weight, self.bias)
+
+
+class Encoder(nn.Module):
+    """BERT-style encoder. ``forward`` gives hidden states; ``mlm_logits`` projects only the
+    positions asked for (the 15% that masked LM predicts, not all of them)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.context_length, cfg.n_embd)
+        self.wtt = nn.Embedding(cfg.type_vocab_size, cfg.n_embd) if cfg.type_vocab_size else None
+        self.emb_norm = make_norm(cfg) if cfg.embedding_norm else nn.Identity()
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i, causal=False) for i in range(cfg.n_layer))
+        self.ln_f = make_norm(cfg) if cfg.norm_placement == "pre" else nn.Identity()
+        self.pooler = nn.Linear(cfg.n_embd, cfg.n_embd) if cfg.pooler else None
+        self.mlm_head = MLMHead(cfg, self.wte)
+        self.sentence_head = nn.Linear(cfg.n_embd, 2) if cfg.pooler else None  # NSP / SOP
+        init_weights(self, cfg)
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.wpe.weight.numel() + (self.wtt.weight.numel() if self.wtt is not None else 0)
+        return n
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (B, T, n_embd). ``attention_mask`` is 1 for tokens, 0 for padding."""
+        B, T = input_ids.shape
+        if T > self.config.context_length:
+            raise ValueError(f"sequence of {T} tokens exceeds the model context "
+                             f"(context_length={self.config.context_length})")
+        x = self.wte(input_ids) + self.wpe(torch.arange(T, device=input_ids.device))
+        if self.wtt is not None:
+            x = x + self.wtt(token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids))
+        x = self.drop(self.emb_norm(x))
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = attention_mask[:, None, None, :].bool()  # keys only: padding is never attended
+        for block in self.blocks:
+            x = block(x, None, mask)
+        return self.ln_f(x)
+
+    def mlm_logits(self, hidden: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Vocabulary logits at ``positions`` (a boolean mask over (B, T)), or everywhere."""
+        if positions is not None:
+            hidden = hidden[positions]
+        return self.mlm_head(hidden)
+
+    def pooled(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The [CLS] vector through the pooler (dense + tanh), as BERT's sentence representation."""
+        if self.pooler is None:
+            return hidden[:, 0]
+        return torch.tanh(self.pooler(hidden[:, 0]))
+
+    def sentence_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Two-way logits of the next-sentence / sentence-order head."""
+        if self.sentence_head is None:
+            raise ValueError("this encoder has no sentence head (pooler=false)")
+        return self.sentence_head(self.pooled(hidden))
