@@ -66,6 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="share of documents for val, by a stable content hash (default: 0.005)")
     out.add_argument("--shard-tokens", type=int, default=_DEFAULTS.shard_tokens, metavar="N",
                      help="tokens per shard file (default: 100000000)")
+    out.add_argument("--split-sentences", action="store_true",
+                     help="tokenize sentence by sentence and write a sentence index beside each "
+                          "shard (OUT/train-00000.sent.bin), as NSP, SOP and sentence "
+                          "permutation need; shards then end at document ends")
     out.add_argument("--eos-id", type=int, default=None, metavar="ID",
                      help="id appended after every document (default: the tokenizer's "
                           "<|endoftext|>, </s>, [SEP] or <eos>)")
@@ -107,9 +111,13 @@ def format_summary(meta: dict[str, Any], seconds: float, out: str) -> str:
     lines.append(f"{'control chars removed':<24}{c['control_chars_removed']:>14,}")
     lines.append(f"{'docs re-normalized':<24}{c['normalized_docs']:>14,}")
     lines.append(f"{'whitespace collapsed':<24}{c['whitespace_collapsed_docs']:>14,}")
-    lines += ["", f"{'split':<10}{'docs':>12}{'tokens':>16}{'shards':>8}"]
+    sentences = meta.get("sentence_index", False)
+    lines += ["", f"{'split':<10}{'docs':>12}" + (f"{'sentences':>14}" if sentences else "")
+              + f"{'tokens':>16}{'shards':>8}"]
     for name, split in meta["splits"].items():
-        lines.append(f"{name:<10}{split['docs']:>12,}{split['tokens']:>16,}{len(split['shards']):>8}")
+        lines.append(f"{name:<10}{split['docs']:>12,}"
+                     + (f"{split['sentences']:>14,}" if sentences else "")
+                     + f"{split['tokens']:>16,}{len(split['shards']):>8}")
     mb = c["bytes_in"] / 1e6
     lines += ["",
               f"dtype {meta['dtype']}, vocab {meta['vocab_size']:,}, eos id {meta['eos_id']}",

@@ -11,8 +11,19 @@ Output folder::
 
     train-00000.bin ...   token ids, little-endian uint16 (vocab <= 65536) or uint32,
     val-00000.bin ...     every document followed by the EOS id
+    train-00000.sent.bin  with split_sentences: little-endian uint64 offsets, within the shard,
+    ...                   of the first token of every sentence (sentence index)
     tokenizer.json        the tokenizer that produced them
     meta.json             dtype, vocab_size, eos_id, tokenizer_sha256, splits, cleaning stats
+
+With split_sentences, each sentence (see :mod:`.sentences`) is tokenized on its own, the
+whitespace before it attached to its start, so a sentence boundary is always a token boundary
+and the ids of a document still decode to its exact text. For byte-level BPE and WordPiece the
+ids are the same as whole-document tokenization, because their pre-tokenizers split before
+whitespace anyway; a tokenizer whose pre-tokenizer looks across the boundary (e.g. a Unigram
+model without one) may give slightly different ids. Shards then also end only at document
+ends (a shard may run past shard_tokens by the rest of one document), so every shard holds
+whole documents and whole sentences.
 """
 
 from __future__ import annotations
@@ -44,10 +55,13 @@ from ..tokenization.load import load_tokenizer, save_tokenizer, tokenizer_sha256
 from .cleaning import (NORMALIZATIONS, DocumentCleaner, ExactDeduplicator, NearDeduplicator,
                        content_hash, minhash_signatures, new_stats)
 from .readers import expand_inputs, iter_corpus
+from .sentences import sentence_spans
 
 FORMAT = "lmforge-tokens/1"
 META_FILE = "meta.json"
 SPLITS = ("train", "val")
+SENTENCE_INDEX_SUFFIX = ".sent.bin"
+SENTENCE_DTYPE = np.dtype("<u8")
 CHUNK_CHARS = 1 << 20
 CHUNK_DOCS = 4096
 # Longer documents are encoded in pieces cut after "<non-space>\n" before a non-space
@@ -78,6 +92,7 @@ class PrepareOptions:
     val_fraction: float = 0.005
     val_inputs: list[str] = field(default_factory=list)
     shard_tokens: int = 100_000_000
+    split_sentences: bool = False
     eos_id: int | None = None
     workers: int | None = None
     overwrite: bool = False
@@ -143,6 +158,14 @@ class ChunkResult:
     lengths: np.ndarray     # tokens per surviving doc, EOS included
     tokens: np.ndarray      # all tokens of the chunk, concatenated
     signatures: list[Any] | None  # MinHash per surviving doc when near-dedup is on
+    sentence_counts: np.ndarray | None = None  # with split_sentences: sentences per doc
+    sentence_starts: np.ndarray | None = None  # ... and their token offsets within their doc
+
+
+def _sentence_pieces(text: str) -> list[str]:
+    """``text`` cut at each sentence end, so a sentence carries the whitespace before it."""
+    cuts = [end for _, end in sentence_spans(text)[:-1]]
+    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
 
 
 def _pieces(text: str) -> list[str]:
@@ -168,6 +191,7 @@ class ChunkProcessor:
         self.eos_id = settings["eos_id"]
         self.dtype = np.dtype(settings["dtype"])
         self.near_dedup = settings["near_dedup"]
+        self.split_sentences = settings["split_sentences"]
         # A doc goes to val when its split hash, read as a fraction of 2**64, is < val_fraction.
         self.val_threshold = int(settings["val_fraction"] * 2**64)
 
@@ -185,27 +209,47 @@ class ChunkProcessor:
             texts.append(text)
             keys.append(dedup_key)
             is_val.append(split == "val" if split else split_key < self.val_threshold)
-        tokens, lengths = self._encode(texts)
+        tokens, lengths, sentence_counts, sentence_starts = self._encode(texts)
         return ChunkResult(stats=stats, keys=np.array(keys, dtype=np.uint64),
                            is_val=np.array(is_val, dtype=bool), lengths=lengths, tokens=tokens,
-                           signatures=minhash_signatures(texts) if self.near_dedup else None)
+                           signatures=minhash_signatures(texts) if self.near_dedup else None,
+                           sentence_counts=sentence_counts, sentence_starts=sentence_starts)
 
-    def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        pieces_per_doc, pieces = [], []
+    def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
+                                                 np.ndarray | None]:
+        """(tokens, tokens per doc, sentences per doc, sentence offsets within their doc)."""
+        pieces_per_doc, pieces, starts_sentence = [], [], []
         for text in texts:
-            parts = _pieces(text)
-            pieces_per_doc.append(len(parts))
-            pieces.extend(parts)
+            count = 0
+            for sentence in _sentence_pieces(text) if self.split_sentences else [text]:
+                parts = _pieces(sentence)
+                starts_sentence += [True] + [False] * (len(parts) - 1)
+                pieces.extend(parts)
+                count += len(parts)
+            pieces_per_doc.append(count)
         encodings = iter(self.tokenizer.encode_batch(pieces, add_special_tokens=False))
+        flags = iter(starts_sentence)
         ids: list[int] = []
         lengths = np.empty(len(texts), dtype=np.int64)
+        sentence_counts = np.empty(len(texts), dtype=np.int64)
+        sentence_starts: list[int] = []
         for i, count in enumerate(pieces_per_doc):
             start = len(ids)
+            offsets = []
             for _ in range(count):
+                if next(flags):
+                    offsets.append(len(ids) - start)
                 ids.extend(next(encodings).ids)
+            # A sentence that tokenizes to nothing would repeat an offset or point at the EOS.
+            offsets = sorted(set(o for o in offsets if o < len(ids) - start))
+            sentence_starts += offsets
+            sentence_counts[i] = len(offsets)
             ids.append(self.eos_id)
             lengths[i] = len(ids) - start
-        return np.array(ids, dtype=self.dtype), lengths
+        if not self.split_sentences:
+            return np.array(ids, dtype=self.dtype), lengths, None, None
+        return (np.array(ids, dtype=self.dtype), lengths, sentence_counts,
+                np.array(sentence_starts, dtype=np.int64))
 
 
 _processor: ChunkProcessor | None = None
@@ -261,38 +305,75 @@ def _chunks(paths: Sequence[str], split: str | None,
 
 
 class ShardWriter:
-    """Append tokens to ``{split}-00000.bin``, ``{split}-00001.bin``... of ``shard_tokens`` each."""
+    """Append tokens to ``{split}-00000.bin``, ``{split}-00001.bin``... of ``shard_tokens`` each.
 
-    def __init__(self, folder: Path, split: str, dtype: np.dtype, shard_tokens: int):
+    With ``sentences``, a shard ends only at a document end (so it may run past
+    ``shard_tokens`` by the rest of one document) and gets a ``.sent.bin`` beside it holding the
+    shard-relative offsets of its sentence starts.
+    """
+
+    def __init__(self, folder: Path, split: str, dtype: np.dtype, shard_tokens: int,
+                 sentences: bool = False):
         self.folder, self.split, self.dtype, self.shard_tokens = folder, split, dtype, shard_tokens
+        self.sentences = sentences
         self.shards: list[str] = []
         self.shard_sizes: list[int] = []
+        self.shard_sentences: list[int] = []
         self.docs = 0
         self._file = None
+        self._index = None
 
-    def write(self, tokens: np.ndarray, docs: int) -> None:
-        self.docs += docs
-        while tokens.size:
+    def write(self, tokens: np.ndarray, lengths: np.ndarray,
+              sentence_starts: np.ndarray | None = None) -> None:
+        """Append whole documents: ``tokens`` holds documents of ``lengths`` tokens (EOS included);
+        ``sentence_starts`` (needed with ``sentences``) are sorted offsets into ``tokens``."""
+        self.docs += lengths.size
+        doc_ends = np.cumsum(lengths)
+        pos = 0
+        while pos < tokens.size:
             if self._file is None:
-                name = f"{self.split}-{len(self.shards):05d}.bin"
-                self._file = open(self.folder / name, "wb")
-                self.shards.append(name)
-                self.shard_sizes.append(0)
-            room = self.shard_tokens - self.shard_sizes[-1]
-            part, tokens = tokens[:room], tokens[room:]
-            self._file.write(part.astype(self.dtype, copy=False).tobytes())
-            self.shard_sizes[-1] += part.size
-            if self.shard_sizes[-1] == self.shard_tokens:
+                self._open_shard()
+            end = min(pos + self.shard_tokens - self.shard_sizes[-1], tokens.size)
+            if self.sentences and end < tokens.size:
+                end = int(doc_ends[np.searchsorted(doc_ends, end)])  # finish the document
+            self._file.write(tokens[pos:end].astype(self.dtype, copy=False).tobytes())
+            if self.sentences:
+                lo, hi = np.searchsorted(sentence_starts, [pos, end])
+                offsets = sentence_starts[lo:hi] - pos + self.shard_sizes[-1]
+                self._index.write(offsets.astype(SENTENCE_DTYPE).tobytes())
+                self.shard_sentences[-1] += int(hi - lo)
+            self.shard_sizes[-1] += end - pos
+            pos = end
+            if self.shard_sizes[-1] >= self.shard_tokens:
                 self.close()
 
+    def _open_shard(self) -> None:
+        name = f"{self.split}-{len(self.shards):05d}.bin"
+        self._file = open(self.folder / name, "wb")
+        if self.sentences:
+            self._index = open(self.folder / sentence_index_name(name), "wb")
+        self.shards.append(name)
+        self.shard_sizes.append(0)
+        self.shard_sentences.append(0)
+
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for handle in (self._file, self._index):
+            if handle is not None:
+                handle.close()
+        self._file = self._index = None
 
     def summary(self) -> dict[str, Any]:
-        return {"shards": list(self.shards), "shard_tokens": list(self.shard_sizes),
-                "tokens": sum(self.shard_sizes), "docs": self.docs}
+        summary = {"shards": list(self.shards), "shard_tokens": list(self.shard_sizes),
+                   "tokens": sum(self.shard_sizes), "docs": self.docs}
+        if self.sentences:
+            summary.update(sentences=sum(self.shard_sentences),
+                           shard_sentences=list(self.shard_sentences))
+        return summary
+
+
+def sentence_index_name(shard: str) -> str:
+    """``train-00000.bin`` -> ``train-00000.sent.bin``: the sentence index beside a shard."""
+    return shard[:-len(".bin")] + SENTENCE_INDEX_SUFFIX
 
 
 class _Progress:
@@ -334,8 +415,18 @@ def _absorb(result: ChunkResult, stats: dict[str, int], writers: dict[str, Shard
     for split, mask in (("train", keep & ~result.is_val), ("val", keep & result.is_val)):
         docs = int(mask.sum())
         if docs:
-            writers[split].write(result.tokens[np.repeat(mask, result.lengths)], docs)
+            starts = None if result.sentence_starts is None else _kept_sentence_starts(result, mask)
+            writers[split].write(result.tokens[np.repeat(mask, result.lengths)],
+                                 result.lengths[mask], starts)
             stats["docs_out"] += docs
+
+
+def _kept_sentence_starts(result: ChunkResult, mask: np.ndarray) -> np.ndarray:
+    """Sentence offsets of the docs in ``mask``, relative to the start of their kept tokens."""
+    kept_lengths = result.lengths[mask]
+    doc_starts = np.cumsum(kept_lengths) - kept_lengths
+    counts = result.sentence_counts
+    return result.sentence_starts[np.repeat(mask, counts)] + np.repeat(doc_starts, counts[mask])
 
 
 def _check_output_dir(out: Path, overwrite: bool) -> None:
@@ -422,7 +513,8 @@ def prepare_corpus(inputs: Sequence[str | Path], tokenizer: Tokenizer | str | Pa
     _check_output_dir(out, opts.overwrite)
 
     settings = {"cleaner": opts.cleaner_kwargs(), "eos_id": eos, "dtype": dtype.str,
-                "near_dedup": opts.near_dedup, "val_fraction": opts.val_fraction}
+                "near_dedup": opts.near_dedup, "val_fraction": opts.val_fraction,
+                "split_sentences": opts.split_sentences}
     read = opts.read_kwargs()
     # With --val-input, val docs come first so dedup drops train copies of val docs, not the reverse.
     chunks = (_chunks(val_paths, "val", read), _chunks(train_paths, "train", read)) if val_paths \
@@ -430,7 +522,8 @@ def prepare_corpus(inputs: Sequence[str | Path], tokenizer: Tokenizer | str | Pa
     workers = opts.workers if opts.workers is not None else available_cores()
 
     tmp = _make_temp_dir(out)
-    writers = {split: ShardWriter(tmp, split, dtype, opts.shard_tokens) for split in SPLITS}
+    writers = {split: ShardWriter(tmp, split, dtype, opts.shard_tokens, opts.split_sentences)
+               for split in SPLITS}
     stats = new_stats()
     exact = ExactDeduplicator() if opts.dedup else None
     near = NearDeduplicator(opts.near_dedup_threshold) if opts.near_dedup else None
@@ -451,6 +544,8 @@ def prepare_corpus(inputs: Sequence[str | Path], tokenizer: Tokenizer | str | Pa
             "vocab_size": vocab,
             "eos_id": eos,
             "tokenizer_sha256": tokenizer_sha256(tok),
+            # Only with an index, so the meta.json of a plain dataset is unchanged.
+            **({"sentence_index": True} if opts.split_sentences else {}),
             "splits": {split: writer.summary() for split, writer in writers.items()},
             "cleaning": stats,
             "inputs": [str(p) for p in inputs],

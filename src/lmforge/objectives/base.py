@@ -54,6 +54,15 @@ class Objective:
         """Mean loss over the batch's predicted positions."""
         raise NotImplementedError
 
+    def eval_metrics(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, tuple[float, int]]:
+        """Extra validation metrics as (sum, count) pairs, averaged over the validation set
+        (e.g. masked-token accuracy)."""
+        return {}
+
+    def log_metrics(self) -> dict[str, float]:
+        """Counters to log with the training loss (e.g. how many pairs were truncated)."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """RNG or carried state to checkpoint (tensor values are stored as tensors)."""
         return {}

@@ -60,6 +60,10 @@ class BPTTLM(Objective):
         walk = "eval" if batch["evaluation"].item() else "train"
         state = None if batch["starts"].item() else self.states[walk]
         if state is not None:
+            if state[0].shape[1] != len(batch["input_ids"]):
+                raise ConfigError(f"the carried state is for {state[0].shape[1]} streams but the "
+                                  f"batch has {len(batch['input_ids'])}; keep batch_size when "
+                                  "resuming a bptt_lm run")
             state = tuple(s.to(batch["input_ids"].device) for s in state)
         logits, state = model(batch["input_ids"], state)
         # Truncation: the next batch starts from these values, but no gradient flows into them.

@@ -167,6 +167,16 @@ class MaskedLM(Objective):
         logits = model.mlm_logits(hidden, selected)  # only the selected ~15% hit the vocab matmul
         return F.cross_entropy(logits.float(), batch["labels"][selected])
 
+    @torch.no_grad()
+    def eval_metrics(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, tuple[float, int]]:
+        return self._mlm_accuracy(model, model(batch["input_ids"]), batch)
+
+    @staticmethod
+    def _mlm_accuracy(model, hidden, batch) -> dict[str, tuple[float, int]]:
+        selected = batch["labels"] != -100
+        pred = model.mlm_logits(hidden, selected).argmax(-1)
+        return {"mlm_acc": (float((pred == batch["labels"][selected]).sum()), int(selected.sum()))}
+
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
 

@@ -212,14 +212,18 @@ class Trainer:
         if self.val_batches is None:
             return {}
         self.model.eval()
-        losses = []
+        losses, sums = [], {}
         for batch in self.val_batches:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with autocast(self.device, self.precision):
                 losses.append(self.objective.loss(self.forward_model, batch).item())
+                for name, (total, count) in self.objective.eval_metrics(self.forward_model, batch).items():
+                    acc = sums.setdefault(name, [0.0, 0])
+                    acc[0], acc[1] = acc[0] + total, acc[1] + count
         self.model.train()
         val = float(np.mean(losses))
-        return {"val_loss": val, "val_ppl": math.exp(min(val, 50.0))}
+        extra = {f"val_{name}": total / max(count, 1) for name, (total, count) in sums.items()}
+        return {"val_loss": val, "val_ppl": math.exp(min(val, 50.0)), **extra}
 
     def save(self) -> Path:
         json_rng, tensors = ckpt.rng_state()
@@ -276,7 +280,8 @@ class Trainer:
                     tps = window_tokens / max(elapsed, 1e-9)
                     mfu = tps * fpt / (peak * 1e12)
                     metrics = {"train_loss": window_loss / window_n, "lr": lr_at(self.step - 1, cfg),
-                               "tokens_per_sec": tps, "mfu": mfu, "tokens": self.tokens_seen}
+                               "tokens_per_sec": tps, "mfu": mfu, "tokens": self.tokens_seen,
+                               **self.objective.log_metrics()}
                     logger.log(self.step, **metrics)
                     progress.update(0, loss=f"{metrics['train_loss']:.4f}", tok_s=f"{tps:,.0f}",
                                     mfu=f"{100 * mfu:.1f}%")
@@ -290,8 +295,10 @@ class Trainer:
                     val = self.evaluate()
                     metrics.update(val)
                     logger.log(self.step, **val)
+                    extra = "".join(f", {k.removeprefix('val_')} {v:.4f}" for k, v in val.items()
+                                    if k not in ("val_loss", "val_ppl"))
                     progress.write(f"step {self.step}: val loss {val['val_loss']:.4f}, "
-                                   f"ppl {val['val_ppl']:.2f}")
+                                   f"ppl {val['val_ppl']:.2f}{extra}")
                     if val["val_loss"] < self.best_val:
                         self.best_val, self.best_step = val["val_loss"], self.step
                 save_due = cfg.save_interval and self.step % cfg.save_interval == 0

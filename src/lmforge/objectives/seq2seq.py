@@ -1,0 +1,127 @@
+"""Objectives for encoder-decoder models: each turns a raw token window into a (source, target)
+pair; the shared base pads them into a batch and computes the decoder's cross-entropy.
+
+``prefix_lm`` is here: causal language modeling split across the two stacks (T5's "prefix LM"
+objective), a random prefix of the window to the encoder, the rest as the decoder's target.
+The denoising objectives (T5 span corruption, BART) are in :mod:`.denoising`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..tokenization import eos_token_id
+from .base import Objective, register
+from .mlm import PAD_TOKENS, find_token
+
+
+class Seq2SeqObjective(Objective):
+    """Base of the encoder-decoder objectives. Subclasses implement ``corrupt(window)`` ->
+    (source ids, target ids), drawing any randomness from ``self.generator`` (checkpointed).
+
+    A batch holds ``input_ids`` and ``attention_mask`` (sources, right-padded with the pad id),
+    ``decoder_input_ids`` (each target shifted right behind the decoder start token) and
+    ``labels`` (the targets, -100 on padding).
+    """
+
+    # The decoder start token when the model does not name one: "pad" (T5) or "eos" (BART).
+    default_start = "pad"
+
+    def __init__(self, tokenizer=None, meta: dict | None = None,
+                 decoder_start_token_id: int | None = None, seed: int | None = None):
+        super().__init__(tokenizer, meta)
+        if tokenizer is None:
+            raise ConfigError(f"objective '{self.name}' needs the dataset's tokenizer.json "
+                              "(for its special tokens)")
+        eos = self.meta.get("eos_id")
+        self.eos_id = int(eos) if eos is not None else eos_token_id(tokenizer)
+        if self.eos_id is None:
+            raise ConfigError(f"objective '{self.name}' needs an end-of-text token in the tokenizer")
+        pad = find_token(tokenizer, PAD_TOKENS)
+        self.pad_id = pad if pad is not None else self.eos_id  # padding is masked: any id works
+        self.start_option = decoder_start_token_id
+        if decoder_start_token_id is not None:
+            self.decoder_start = decoder_start_token_id
+        else:
+            self.decoder_start = self.pad_id if self.default_start == "pad" else self.eos_id
+        # Default: derived from the run's seed (the engine seeds torch first), no draw from it.
+        self.generator = torch.Generator().manual_seed(torch.initial_seed() + 1 if seed is None else seed)
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        cfg = model.config
+        if getattr(cfg, "arch", "decoder") != "encoder-decoder":
+            raise ConfigError(f"objective '{self.name}' needs an encoder-decoder model "
+                              f"(e.g. --model t5-tiny or bart-tiny), got a {cfg.arch}")
+        if cfg.decoder_start_token_id is None:
+            # Recorded in the model config, so generation starts the decoder the same way.
+            cfg.decoder_start_token_id = self.decoder_start
+        elif self.start_option is not None and self.start_option != cfg.decoder_start_token_id:
+            raise ConfigError(f"objective_args decoder_start_token_id={self.start_option} differs "
+                              f"from the model's ({cfg.decoder_start_token_id})")
+        self.decoder_start = cfg.decoder_start_token_id
+
+    # ---- batches ------------------------------------------------------------------------
+    def corrupt(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(source, target) token ids for one raw window."""
+        raise NotImplementedError
+
+    def make_batch(self, windows: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.collate([self.corrupt(w) for w in windows])
+
+    def collate(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Pad (source, target) pairs into a batch (see the class docstring)."""
+        B = len(pairs)
+        S = max(len(src) for src, _ in pairs)
+        T = max(len(tgt) for _, tgt in pairs)
+        input_ids = torch.full((B, S), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((B, S), dtype=torch.long)
+        decoder_input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)
+        labels = torch.full((B, T), -100, dtype=torch.long)
+        for row, (src, tgt) in enumerate(pairs):
+            input_ids[row, :len(src)] = src
+            attention_mask[row, :len(src)] = 1
+            labels[row, :len(tgt)] = tgt
+            decoder_input_ids[row, 0] = self.decoder_start
+            decoder_input_ids[row, 1:len(tgt)] = tgt[:-1]
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                "decoder_input_ids": decoder_input_ids, "labels": labels}
+
+    def eval_batches(self, data, block_size: int, batch_size: int, count: int) -> list:
+        # Fixed noise for validation: a separate generator, so evaluating never moves training's.
+        saved, self.generator = self.generator, torch.Generator().manual_seed(1234)
+        try:
+            return super().eval_batches(data, block_size, batch_size, count)
+        finally:
+            self.generator = saved
+
+    # ---- loss ---------------------------------------------------------------------------
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = model(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
+                               ignore_index=-100)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
+
+
+@register
+class PrefixLM(Seq2SeqObjective):
+    """Causal LM on an encoder-decoder: the window is cut at a uniformly random point; the
+    encoder reads the prefix and the decoder predicts the rest. No end-of-text token is added:
+    the window, not the text, ends there."""
+
+    name = "prefix_lm"
+
+    def corrupt(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(window) < 2:
+            raise ConfigError("objective 'prefix_lm' needs windows of at least 2 tokens")
+        split = int(torch.randint(1, len(window), (1,), generator=self.generator))
+        return window[:split], window[split:]
