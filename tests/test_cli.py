@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from lmforge.cli.main import COMMAND_MODULES, build_parser
+from lmforge.cli.main import COMMANDS, build_parser
 
 from _util import assert_one_line_error, run_cli
 
-SUBCOMMANDS = [m.removesuffix("_cmd") for m in COMMAND_MODULES]
+SUBCOMMANDS = list(COMMANDS)
 
 
 def test_every_command_module_is_registered():
@@ -25,6 +25,16 @@ def test_help_on_every_subcommand(command):
     proc = run_cli(*command, "--help")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: lmforge " + " ".join(command))
+
+
+def test_light_commands_do_not_import_torch():
+    """`lmforge prepare` (and its worker processes) must stay light: torch is not loaded."""
+    import subprocess
+    import sys
+    code = ("import sys\nfrom lmforge.cli.main import build_parser\n"
+            "build_parser(only='prepare')\nprint('torch' in sys.modules)")
+    check = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert check.stdout.strip() == "False", check.stderr
 
 
 def test_unknown_flag_is_one_line():

@@ -11,17 +11,22 @@ import traceback
 
 from ..errors import LMForgeError
 
-# Each module exposes register(subparsers); order is the order shown in --help.
-COMMAND_MODULES = [
-    "quickstart_cmd",
-    "tokenizer_cmd",
-    "prepare_cmd",
-    "models_cmd",
-    "pretrain_cmd",
-    "generate_cmd",
-    "score_cmd",
-    "plot_cmd",
-]
+# Subcommand -> (module exposing register(subparsers), one-line help). Only the module of the
+# command being run is imported, so `lmforge prepare` or `lmforge --help` never loads torch.
+COMMANDS = {
+    "quickstart": ("quickstart_cmd", "train a tokenizer and a small GPT on Shakespeare, then sample"),
+    "tokenizer": ("tokenizer_cmd", "train, inspect and use tokenizers"),
+    "prepare": ("prepare_cmd", "clean, deduplicate, tokenize and shard a corpus"),
+    "models": ("models_cmd", "list model presets with parameter counts"),
+    "pretrain": ("pretrain_cmd", "pretrain a model with an objective on a prepared dataset"),
+    "generate": ("generate_cmd", "generate text from a trained model"),
+    "score": ("score_cmd", "log-probability and perplexity of text under a model"),
+    "fill-mask": ("fill_mask_cmd", "top-k predictions for [MASK] tokens (encoders)"),
+    "embed": ("embed_cmd", "sentence embeddings to .npy or JSONL"),
+    "compare": ("compare_cmd", "n-gram vs LSTM vs Transformer perplexity on one dataset"),
+    "plot": ("plot_cmd", "draw a run's train/validation loss curve as PNG"),
+}
+COMMAND_MODULES = [module for module, _ in COMMANDS.values()]
 
 
 class Parser(argparse.ArgumentParser):
@@ -35,27 +40,35 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or with ``only`` set, one whose other subcommands are stubs (so their
+    modules, and torch, are not imported just to run one command)."""
     parser = Parser(
         prog="lmforge",
         description="Pretrain Transformer language models from raw text and use them.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f".{name}", __package__)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.endswith(name):
-                continue  # subcommand not built yet
-            raise
-        module.register(sub)
+    for name, (module_name, help_text) in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_text)
+            continue
+        importlib.import_module(f".{module_name}", __package__).register(sub)
     return parser
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv``, if any (the first word that is not a flag)."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+    command = _command_in(argv)
+    parser = build_parser(only=command or "")
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("LMFORGE_DEBUG") == "1"
     if not getattr(args, "func", None):
