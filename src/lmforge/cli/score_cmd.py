@@ -1,4 +1,5 @@
-"""`lmforge score`: log-probability and perplexity of a text under a trained model."""
+"""`lmforge score`: log-probability and perplexity of a text under a trained model (for an
+encoder: pseudo-log-likelihood and pseudo-perplexity)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ def register(sub) -> None:
         description="Score a text (--text, --file or stdin): total log-probability in nats and "
                     "bits, tokens scored, mean negative log-likelihood and perplexity. Each token "
                     "is scored given all the text before it, after the end-of-text token; texts "
-                    "longer than the model's context use a sliding window.",
+                    "longer than the model's context use a sliding window. An encoder (masked "
+                    "LM) reports pseudo-log-likelihood instead: each token masked in turn and "
+                    "scored given all the others (Salazar et al. 2020), and pseudo-perplexity.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_model_flags(p, precision="fp32")
     source = p.add_mutually_exclusive_group()
@@ -26,7 +29,9 @@ def register(sub) -> None:
     source.add_argument("--file", metavar="PATH", help="a UTF-8 text file to score")
     p.add_argument("--stride", type=int,
                    help="sliding-window step for long texts (default: half the context); "
-                        "smaller = more context per token, slower")
+                        "smaller = more context per token, slower (decoders only)")
+    p.add_argument("--batch-size", "--batch_size", type=int, default=32,
+                   help="encoders: masked copies of the text per forward pass")
     p.add_argument("--per-token", "--per_token", metavar="OUT.jsonl",
                    help="write one JSON object per token: index, id, token, logprob")
     p.add_argument("--json", action="store_true", help="print the totals as one JSON object")
@@ -53,10 +58,13 @@ def write_per_token(result: ScoreResult, path: str) -> None:
 
 
 def print_summary(result: ScoreResult) -> None:
-    print(f"tokens      {result.num_tokens}")
-    print(f"log-prob    {result.total_logprob:.4f} nats ({result.total_logprob_bits:.4f} bits)")
-    print(f"mean NLL    {result.mean_nll:.4f} nats/token")
-    print(f"perplexity  {result.perplexity:.4f}")
+    pseudo = "pseudo-" if result.method == "pseudo" else ""
+    width = 12 + len(pseudo)
+    print(f"{'tokens':<{width}}{result.num_tokens}")
+    print(f"{pseudo + 'log-prob':<{width}}{result.total_logprob:.4f} nats "
+          f"({result.total_logprob_bits:.4f} bits)")
+    print(f"{'mean NLL':<{width}}{result.mean_nll:.4f} nats/token")
+    print(f"{pseudo + 'perplexity':<{width}}{result.perplexity:.4f}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if not text:
         raise DataError("empty text: nothing to score")
     model, tokenizer = load_model_and_tokenizer(args)
-    result = score_text(model, tokenizer, text, stride=args.stride, precision=args.precision)
+    result = score_text(model, tokenizer, text, stride=args.stride, precision=args.precision,
+                        batch_size=args.batch_size)
     if args.per_token:
         write_per_token(result, args.per_token)
     if args.json:

@@ -8,7 +8,10 @@ Texts longer than the model's context are scored with a sliding window (Hugging 
 perplexity recipe): windows of ``max_length`` tokens start ``stride`` tokens apart and each scores
 only the tokens the previous window did not, so those keep up to max_length - stride tokens of
 earlier context. stride == max_length is plain chunking; a smaller stride costs more forward
-passes and gives each token more context.
+passes and gives each token more context. A recurrent model (LSTM) needs no window: it reads
+the text once in chunks, carrying its state, so every token is scored given all before it.
+An encoder (masked LM) has no chain rule: ``score_text`` gives it pseudo-log-likelihood instead
+(each token given all the others; see ``pseudo_likelihood.py``), in the same ``ScoreResult``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from ..training.runtime import autocast, resolve_precision
 @dataclass(frozen=True)
 class TokenScore:
     """One scored token: its position among the text's tokens, id, vocab string and
-    log P(token | everything before it) in nats."""
+    log P(token | everything before it) in nats (pseudo-log-likelihood: | all other tokens)."""
 
     index: int
     id: int
@@ -39,9 +42,12 @@ class TokenScore:
 
 @dataclass
 class ScoreResult:
-    """Per-token scores of a text and the totals derived from them."""
+    """Per-token scores of a text and the totals derived from them. ``method`` is "causal"
+    (chain rule: the totals are log P(text) and perplexity) or "pseudo" (a masked LM's
+    pseudo-log-likelihood and pseudo-perplexity, Salazar et al. 2020)."""
 
     tokens: list[TokenScore]
+    method: str = "causal"
 
     @property
     def num_tokens(self) -> int:
@@ -67,7 +73,7 @@ class ScoreResult:
 
     def summary(self) -> dict[str, Any]:
         """The totals as a JSON-ready dict (no per-token records)."""
-        return {"tokens": self.num_tokens, "logprob": self.total_logprob,
+        return {"method": self.method, "tokens": self.num_tokens, "logprob": self.total_logprob,
                 "logprob_bits": self.total_logprob_bits, "mean_nll": self.mean_nll,
                 "perplexity": self.perplexity}
 
@@ -85,6 +91,26 @@ def _window(model: torch.nn.Module, stride: int | None, max_length: int | None) 
     return max_length, stride
 
 
+RECURRENT_CHUNK = 1024  # tokens per forward call of a recurrent model (any size gives the same scores)
+
+
+@torch.inference_mode()
+def recurrent_token_logprobs(model: torch.nn.Module, ids: Sequence[int],
+                             chunk: int = RECURRENT_CHUNK, precision: str = "fp32") -> torch.Tensor:
+    """``token_logprobs`` for a recurrent model: one pass over ``ids`` in chunks of ``chunk``
+    tokens, each starting from the state the previous one ended in."""
+    device = next(model.parameters()).device
+    seq = torch.tensor(list(ids), dtype=torch.long, device=device)
+    out, state = [], None
+    with autocast(device, resolve_precision(precision, device)):
+        for begin in range(0, len(seq) - 1, chunk):
+            end = min(begin + chunk, len(seq) - 1)
+            logits, state = model(seq[None, begin:end], state)
+            logprobs = logits[0].float().log_softmax(dim=-1).gather(-1, seq[begin + 1:end + 1, None])
+            out.append(logprobs[:, 0].double().cpu())
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
+
+
 @torch.inference_mode()
 def token_logprobs(model: torch.nn.Module, ids: Sequence[int], stride: int | None = None,
                    max_length: int | None = None, precision: str = "fp32") -> torch.Tensor:
@@ -92,8 +118,11 @@ def token_logprobs(model: torch.nn.Module, ids: Sequence[int], stride: int | Non
 
     Windows hold up to ``max_length`` input tokens (default: the model's context) and start
     ``stride`` tokens apart (default: max_length // 2); a window's inputs ids[b:e] predict
-    ids[b+1:e+1], of which it keeps only those not scored by the window before.
+    ids[b+1:e+1], of which it keeps only those not scored by the window before. A recurrent
+    model is scored by ``recurrent_token_logprobs`` instead (``stride`` does not apply).
     """
+    if getattr(model, "recurrent", False):
+        return recurrent_token_logprobs(model, ids, max_length or RECURRENT_CHUNK, precision)
     max_length, stride = _window(model, stride, max_length)
     device = next(model.parameters()).device
     seq = torch.tensor(list(ids), dtype=torch.long, device=device)
@@ -135,12 +164,22 @@ def score_ids(model: torch.nn.Module, ids: Sequence[int], context_id: int | None
 
 
 def score_text(model: torch.nn.Module, tokenizer: Tokenizer, text: str, stride: int | None = None,
-               max_length: int | None = None, precision: str = "fp32") -> ScoreResult:
+               max_length: int | None = None, precision: str = "fp32",
+               batch_size: int = 32) -> ScoreResult:
     """Score ``text``: its tokens (encoded without special tokens) are scored after the
     tokenizer's end-of-text token, as GPT-2 starts documents, so every token of the text counts;
     a tokenizer without one leaves the first token unscored. Token strings are vocab entries
     (``Ġthe`` for byte-level BPE). ``precision`` defaults to fp32 so scores do not depend on the
-    hardware; see :func:`token_logprobs` for ``stride`` and ``max_length``."""
+    hardware; see :func:`token_logprobs` for ``stride`` and ``max_length``.
+
+    An encoder is scored by pseudo-log-likelihood (``pll_score_text``), ``batch_size`` masked
+    copies of the text per forward pass; it centres a window on every token, so takes no stride."""
+    if getattr(model.config, "arch", "decoder") == "encoder":
+        from .pseudo_likelihood import pll_score_text  # it imports this module
+        if stride is not None:
+            raise ConfigError("stride does not apply to an encoder: pseudo-log-likelihood scores "
+                              "each token in its own window centred on it")
+        return pll_score_text(model, tokenizer, text, max_length, batch_size, precision)
     try:
         ids = encode(tokenizer, text)
     except Exception as exc:  # the Rust side raises a bare Exception
