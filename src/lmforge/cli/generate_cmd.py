@@ -16,7 +16,8 @@ SEPARATOR = "-" * 40
 def register(sub) -> None:
     p = sub.add_parser(
         "generate", help="generate text from a trained model",
-        description="Continue one or more prompts with a trained model. A single prompt is "
+        description="Continue one or more prompts with a trained model (an encoder-decoder "
+                    "reads each prompt as its input and writes its output). A single prompt is "
                     "streamed to stdout as it is generated; several print one completion each.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_model_flags(p, precision="auto")
@@ -33,6 +34,11 @@ def register(sub) -> None:
     p.add_argument("--repetition-penalty", "--repetition_penalty", type=float, default=1.0,
                    help="> 1 discourages tokens already in the text (CTRL)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--num-beams", "--num_beams", type=int, default=1,
+                   help="beam search with this many beams (> 1; sampling flags are then unused)")
+    p.add_argument("--length-penalty", "--length_penalty", type=float, default=1.0,
+                   help="beam search: score = log-probability / length**PENALTY; > 0 favours "
+                        "longer outputs, < 0 shorter")
     p.add_argument("--stop", action="extend", nargs="+", metavar="STR",
                    help="stop when the completion contains STR (cut before it); in bash, "
                         "$'\\n\\n' gives a blank line")
@@ -79,7 +85,7 @@ class EchoFirst:
 
 
 def print_completions(prompts: list[str], completions: list[TextCompletion], as_json: bool,
-                      samples: int) -> None:
+                      samples: int, echo_prompt: bool = True) -> None:
     for i, done in enumerate(completions):
         prompt = prompts[i // samples]
         if as_json:
@@ -89,24 +95,29 @@ def print_completions(prompts: list[str], completions: list[TextCompletion], as_
             continue
         if i:
             print(SEPARATOR)
-        print(prompt + done.text)
+        print(prompt + done.text if echo_prompt else done.text)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.num_samples < 1:
         raise LMForgeError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if args.num_beams < 1:
+        raise LMForgeError(f"--num-beams must be at least 1, got {args.num_beams}")
     prompts = collect_prompts(args)
     model, tokenizer = load_model_and_tokenizer(args)
+    # An encoder-decoder's output is not a continuation of its input: print the output alone.
+    echo = getattr(model.config, "arch", None) != "encoder-decoder"
     batch = [p for p in prompts for _ in range(args.num_samples)]
     streaming = len(batch) == 1 and not (args.no_stream or args.json)
-    stream = EchoFirst(prompts[0]) if streaming else None
+    stream = EchoFirst(prompts[0] if echo else "") if streaming else None
     completions = generate_text(
         model, tokenizer, batch, args.max_new_tokens, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
         greedy=args.greedy, stop_strings=args.stop, seed=args.seed,
-        stream_to=stream, precision=args.precision)
+        stream_to=stream, precision=args.precision, num_beams=args.num_beams,
+        length_penalty=args.length_penalty)
     if stream:
         print(stream.pending)  # the prompt, if the completion was empty
     else:
-        print_completions(prompts, completions, args.json, args.num_samples)
+        print_completions(prompts, completions, args.json, args.num_samples, echo)
     return 0

@@ -1,9 +1,13 @@
-"""Generation: KV-cached sampling from a decoder LM over token ids, and a text-level wrapper with
-stop strings and streaming."""
+"""Generation: KV-cached sampling from a decoder LM over token ids, encoder-decoder generation and
+beam search for both, and a text-level wrapper with stop strings and streaming."""
 
 from .sampling import (Completion, apply_repetition_penalty, generate, sample_next, top_k_filter,
                        top_p_filter)
+from .seq2seq import (BeamCompletion, DecoderStep, Seq2SeqStep, beam_search, beam_search_decoder,
+                      generate_seq2seq, generate_tokens)
 from .text import IncrementalDecoder, TextCompletion, generate_text
 
-__all__ = ["Completion", "IncrementalDecoder", "TextCompletion", "apply_repetition_penalty",
-           "generate", "generate_text", "sample_next", "top_k_filter", "top_p_filter"]
+__all__ = ["BeamCompletion", "Completion", "DecoderStep", "IncrementalDecoder", "Seq2SeqStep",
+           "TextCompletion", "apply_repetition_penalty", "beam_search", "beam_search_decoder",
+           "generate", "generate_seq2seq", "generate_text", "generate_tokens", "sample_next",
+           "top_k_filter", "top_p_filter"]

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 
 from ..errors import DataError
 from ..tokenization import encode, eos_token_id
-from .sampling import generate
+from .seq2seq import generate_tokens
 
 INCOMPLETE = "\ufffd"  # what a decoder gives for a UTF-8 character cut in the middle
 
@@ -146,31 +146,35 @@ def generate_text(model: torch.nn.Module, tokenizer: Tokenizer, prompts: Sequenc
                   top_p: float | None = None, repetition_penalty: float = 1.0,
                   greedy: bool = False, stop_strings: Sequence[str] | None = None,
                   stop_token_ids: Iterable[int] | None = None, seed: int | None = None,
-                  stream_to: TextSink | None = None,
-                  precision: str = "auto") -> list[TextCompletion]:
-    """Continue each text prompt; the completion excludes the prompt.
+                  stream_to: TextSink | None = None, precision: str = "auto",
+                  num_beams: int = 1, length_penalty: float = 1.0) -> list[TextCompletion]:
+    """Continue each text prompt; the completion excludes the prompt. An encoder-decoder model
+    reads the prompt as its source and the completion is its output.
 
     Prompts are encoded without special tokens. Generation of a sequence stops at the tokenizer's
     end-of-text token (plus any ``stop_token_ids``) or once its text contains one of
     ``stop_strings``; the text is cut just before the first stop string. ``stream_to`` (one
     prompt only) receives the completion as it is produced, holding back any partial UTF-8
     character or possible start of a stop string until it is settled. Sampling arguments are
-    those of :func:`generate`.
+    those of :func:`~lmforge.generation.generate`; ``num_beams`` > 1 runs beam search
+    (``length_penalty``), whose text reaches ``stream_to`` once the best hypothesis is chosen.
     """
     if stream_to is not None and len(prompts) != 1:
         raise ValueError("stream_to needs exactly one prompt")
     stop_strings = [s for s in (stop_strings or ()) if s]
     encoded = [encode_prompt(tokenizer, prompt) for prompt in prompts]
-    texts = [_CompletionText(IncrementalDecoder(tokenizer, ids), stop_strings, stream_to)
-             for ids in encoded]
+    seq2seq = getattr(model.config, "arch", None) == "encoder-decoder"
+    texts = [_CompletionText(IncrementalDecoder(tokenizer, [] if seq2seq else ids), stop_strings,
+                             stream_to) for ids in encoded]
     stop_ids = set(stop_token_ids or ())
     eos = eos_token_id(tokenizer)
     if eos is not None:
         stop_ids.add(eos)
-    completions = generate(model, encoded, max_new_tokens, temperature=temperature, top_k=top_k,
-                           top_p=top_p, repetition_penalty=repetition_penalty, greedy=greedy,
-                           stop_token_ids=stop_ids, seed=seed,
-                           stream=lambda row, token_id: texts[row].add(token_id),
-                           precision=precision)
+    completions = generate_tokens(model, encoded, max_new_tokens, num_beams=num_beams,
+                                  length_penalty=length_penalty, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                                  greedy=greedy, stop_token_ids=stop_ids, seed=seed,
+                                  stream=lambda row, token_id: texts[row].add(token_id),
+                                  precision=precision)
     return [TextCompletion(text.finish(), done.tokens, done.finish_reason)
             for text, done in zip(texts, completions)]

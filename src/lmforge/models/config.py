@@ -12,18 +12,19 @@ from ..config import from_dict
 from ..errors import ConfigError
 
 CHOICES = {
-    "arch": ("decoder", "encoder", "lstm"),
-    "pos_embedding": ("learned", "rope"),
+    "arch": ("decoder", "encoder", "encoder-decoder", "lstm"),
+    "pos_embedding": ("learned", "rope", "relative"),  # relative = T5 bias (encoder-decoder)
     "norm": ("layernorm", "rmsnorm"),
     "norm_placement": ("pre", "post"),
-    "mlp": ("mlp", "swiglu"),
+    "mlp": ("mlp", "swiglu", "gated"),  # gated: act(gate) * up with any activation (T5 v1.1)
     "activation": ("gelu", "gelu_tanh", "relu", "silu"),
 }
 
 
 @dataclass
 class ModelConfig:
-    """Architecture of a Transformer. GPT-2 and Llama differ only in these values."""
+    """Architecture of a model. GPT-2, Llama and BERT Transformers differ only in these values;
+    ``arch="lstm"`` builds an LSTM LM, which reads only some of them (see ``models/lstm.py``)."""
 
     arch: str = "decoder"
     vocab_size: int = 50257
@@ -51,6 +52,13 @@ class ModelConfig:
     type_vocab_size: int = 0
     embedding_norm: bool = False
     pooler: bool = False
+    # Encoder-decoder (arch="encoder-decoder", T5 / BART) parts.
+    n_decoder_layer: int | None = None  # None = n_layer
+    # First decoder input; None = chosen from the tokenizer by the objective (T5: pad, BART: eos).
+    decoder_start_token_id: int | None = None
+    relative_attention_num_buckets: int = 32  # pos_embedding="relative" (T5 position bias)
+    relative_attention_max_distance: int = 128
+    attention_scale: float | None = None  # None = 1/sqrt(head_dim); T5 uses 1.0 (no scaling)
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -59,6 +67,11 @@ class ModelConfig:
             self.head_dim = self.n_embd // self.n_head
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.n_embd
+
+    @property
+    def decoder_layers(self) -> int:
+        """Decoder depth of an encoder-decoder model."""
+        return self.n_decoder_layer or self.n_layer
 
     def validate(self) -> "ModelConfig":
         for name, allowed in CHOICES.items():
@@ -79,6 +92,20 @@ class ModelConfig:
         if not 0.0 <= self.embedding_dropout < 1.0:
             raise ConfigError("model field 'embedding_dropout' must be in [0, 1), "
                               f"got {self.embedding_dropout}")
+        if self.pos_embedding == "relative" and self.arch != "encoder-decoder":
+            raise ConfigError("model field 'pos_embedding' = 'relative' (T5 position bias) needs "
+                              f"arch 'encoder-decoder', got {self.arch!r}")
+        if self.n_decoder_layer is not None and self.n_decoder_layer <= 0:
+            raise ConfigError("model field 'n_decoder_layer' must be positive, "
+                              f"got {self.n_decoder_layer}")
+        if self.attention_scale is not None and self.attention_scale <= 0:
+            raise ConfigError("model field 'attention_scale' must be positive, "
+                              f"got {self.attention_scale}")
+        if self.pos_embedding == "relative" and (
+                self.relative_attention_num_buckets < 4
+                or self.relative_attention_max_distance <= self.relative_attention_num_buckets // 4):
+            raise ConfigError("model fields 'relative_attention_num_buckets' (>= 4) and "
+                              "'relative_attention_max_distance' (> num_buckets / 4) are out of range")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,6 +134,15 @@ _BERT = dict(arch="encoder", norm_placement="post", activation="gelu", norm_eps=
              type_vocab_size=2, embedding_norm=True, pooler=True, context_length=512,
              vocab_size=30522)
 
+# T5 parts: relative position bias, no 1/sqrt(d) attention scaling, RMSNorm and no biases
+# anywhere, ReLU MLP (T5 v1.1: mlp="gated", activation="gelu_tanh").
+_T5 = dict(arch="encoder-decoder", pos_embedding="relative", attention_scale=1.0, norm="rmsnorm",
+           norm_eps=1e-6, bias=False, mlp="mlp", activation="relu", context_length=512)
+
+# BART parts: learned positions, post-norm blocks, LayerNorm on the embeddings, exact GELU.
+_BART = dict(arch="encoder-decoder", norm_placement="post", embedding_norm=True,
+             activation="gelu", context_length=1024)
+
 # Llama-style parts, in one place so presets stay rows of values.
 _LLAMA = dict(pos_embedding="rope", norm="rmsnorm", mlp="swiglu", activation="silu", bias=False)
 
@@ -128,6 +164,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "bert-small": dict(n_layer=4, n_head=8, n_embd=512, **_BERT),
     "bert-base": dict(n_layer=12, n_head=12, n_embd=768, **_BERT),
     "minilm-l6-h384": dict(n_layer=6, n_head=12, n_embd=384, **_BERT),
+    # Encoder-decoders (arch="encoder-decoder"); n_layer encoder + n_decoder_layer decoder blocks.
+    "t5-tiny": dict(n_layer=4, n_decoder_layer=4, n_head=4, n_embd=256, intermediate_size=1024,
+                    vocab_size=2048, relative_attention_num_buckets=32,
+                    relative_attention_max_distance=128, **_T5),
+    "bart-tiny": dict(n_layer=3, n_decoder_layer=3, n_head=4, n_embd=256, intermediate_size=1024,
+                      vocab_size=2048, **_BART),
     # LSTM LMs (arch="lstm"); context_length is the truncated-BPTT length (Zaremba et al. 2014).
     "lstm-small": dict(arch="lstm", n_layer=2, n_embd=256, dropout=0.2, context_length=35,
                        vocab_size=10000),

@@ -28,6 +28,9 @@ def build_model(cfg: ModelConfig) -> torch.nn.Module:
     if cfg.arch == "encoder":
         from .encoder import Encoder
         return Encoder(cfg)
+    if cfg.arch == "encoder-decoder":
+        from .encoder_decoder import EncoderDecoder
+        return EncoderDecoder(cfg)
     if cfg.arch == "lstm":
         return LSTMLM(cfg)
     return GPT(cfg)

@@ -32,9 +32,10 @@ def rope_frequencies(cfg: ModelConfig) -> torch.Tensor:
 
 
 def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
-    """cos/sin of shape (B or 1, 1, T, head_dim) for integer ``positions`` of shape (B or 1, T)."""
+    """cos/sin of shape (B or 1, T, 1, head_dim) for integer ``positions`` of shape (B or 1, T):
+    they broadcast over the heads of a (B, T, heads, head_dim) tensor."""
     angles = positions.to(torch.float32)[..., None] * inv_freq  # (B, T, hd/2)
-    emb = torch.cat((angles, angles), dim=-1)[:, None]  # half-split layout, as Hugging Face Llama
+    emb = torch.cat((angles, angles), dim=-1)[:, :, None]  # half-split layout, as Hugging Face Llama
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
@@ -104,41 +105,44 @@ class Attention(nn.Module):
         self.layer, self.causal = layer, causal
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         q_size, kv_size = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
-        self.split = (q_size, kv_size, kv_size)
         self.qkv = nn.Linear(cfg.n_embd, q_size + 2 * kv_size, bias=cfg.bias)  # one fused matmul
         self.proj = nn.Linear(q_size, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.scale = cfg.attention_scale  # None = 1/sqrt(head_dim); T5 uses 1.0
 
     def forward(self, x, rope=None, mask=None, cache: KVCache | None = None):
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(self.split, dim=-1)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        H, Hkv = self.n_head, self.n_kv_head
+        qkv = self.qkv(x).view(B, T, H + 2 * Hkv, self.head_dim)
+        q, k, v = qkv.split((H, Hkv, Hkv), dim=2)
+        if rope is not None:  # q and k heads rotated in one call: half the small ops of two
+            q, k = apply_rope(qkv[:, :, : H + Hkv], *rope).split((H, Hkv), dim=2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         dropout_p = self.dropout if self.training else 0.0
         is_causal = self.causal and mask is None and cache is None
-        if (is_causal and q.dtype == torch.bfloat16 and q.device.type == "cpu"
-                and T <= EXPLICIT_ATTENTION_MAX_LEN):
+        if mask is not None and mask.is_floating_point():
+            mask = mask.to(q.dtype)  # an additive bias (T5 positions) must match q under autocast
+        if (is_causal and self.scale is None and q.dtype == torch.bfloat16
+                and q.device.type == "cpu" and T <= EXPLICIT_ATTENTION_MAX_LEN):
             y = explicit_causal_attention(q, k, v, dropout_p)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                               is_causal=is_causal,
+                                               is_causal=is_causal, scale=self.scale,
                                                enable_gqa=self.n_kv_head != self.n_head)
         y = y.transpose(1, 2).reshape(B, T, -1)
         return self.resid_dropout(self.proj(y))
 
 
 class MLP(nn.Module):
-    """GPT-2 MLP (up, activation, down) or Llama's SwiGLU (silu(gate) * up, down)."""
+    """GPT-2 MLP (up, activation, down) or a gated one, act(gate) * up then down: Llama's SwiGLU
+    (silu) or T5 v1.1's gated GELU."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gated = cfg.mlp == "swiglu"
+        self.gated = cfg.mlp in ("swiglu", "gated")
         width = cfg.intermediate_size * (2 if self.gated else 1)
         self.fc = nn.Linear(cfg.n_embd, width, bias=cfg.bias)  # gate and up fused when gated
         self.act = ACTIVATIONS[cfg.activation]

@@ -79,6 +79,7 @@ def random_spans_noise_mask(length: int, noise_density: float, mean_span_length:
 
 
 def missing_sentinels(have: int, need: int) -> ConfigError:
+    """The error for a tokenizer with ``have`` of the ``need`` sentinels, saying how to add them."""
     last = SENTINEL.format(need - 1)
     return ConfigError(
         f"objective 't5_span' needs {need} sentinel tokens {SENTINEL.format(0)} ... {last} in "
@@ -118,13 +119,16 @@ def sentinel_ids(tokenizer) -> list[int]:
 
 @register
 class T5SpanCorruption(Seq2SeqObjective):
+    """T5 span corruption (see the module docstring); options ``noise_density``,
+    ``mean_span_length``."""
+
     name = "t5_span"
     default_start = "pad"
 
     def __init__(self, tokenizer=None, meta: dict | None = None, noise_density: float = 0.15,
                  mean_span_length: float = 3.0, decoder_start_token_id: int | None = None,
-                 seed: int | None = None):
-        super().__init__(tokenizer, meta, decoder_start_token_id, seed)
+                 seed: int | None = None, **options):
+        super().__init__(tokenizer, meta, decoder_start_token_id, seed, **options)
         if not 0 < noise_density < 1 or mean_span_length < 1:
             raise ConfigError("objective_args: need 0 < noise_density < 1 and mean_span_length >= 1")
         self.noise_density, self.mean_span_length = noise_density, mean_span_length
@@ -207,7 +211,8 @@ def text_infilling(tokens: torch.Tensor, ratio: float, poisson_lambda: float, ma
     # read as one mask), the rest of the kept tokens spread uniformly (stars and bars).
     k, free = len(spans), kept - max(len(spans) - 1, 0)
     bars = torch.randperm(free + k, generator=generator)[:k].sort().values
-    gaps = (torch.cat([bars, torch.tensor([free + k])]) - torch.cat([torch.tensor([-1]), bars]) - 1).tolist()
+    edges = torch.cat([torch.tensor([-1]), bars, torch.tensor([free + k])])
+    gaps = (edges.diff() - 1).tolist()
     pieces, at = [], 0
     for i, span in enumerate(spans):
         gap = gaps[i] + (1 if i > 0 else 0)
@@ -259,6 +264,10 @@ class SentenceWindows(RandomWindows):
 
 @register
 class BartDenoising(Seq2SeqObjective):
+    """BART denoising (see the module docstring). Options: ``text_infilling`` (share of tokens,
+    0 = off), ``poisson_lambda``, ``token_masking`` and ``token_deletion`` (shares),
+    ``sentence_permutation`` and ``document_rotation`` (on/off)."""
+
     name = "bart"
     default_start = "eos"  # BART's decoder starts with </s>
 
@@ -266,8 +275,8 @@ class BartDenoising(Seq2SeqObjective):
                  poisson_lambda: float = 3.0, token_masking: float = 0.0,
                  token_deletion: float = 0.0, sentence_permutation: bool = False,
                  document_rotation: bool = False, decoder_start_token_id: int | None = None,
-                 seed: int | None = None):
-        super().__init__(tokenizer, meta, decoder_start_token_id, seed)
+                 seed: int | None = None, **options):
+        super().__init__(tokenizer, meta, decoder_start_token_id, seed, **options)
         for option, value in (("text_infilling", text_infilling), ("token_masking", token_masking),
                               ("token_deletion", token_deletion)):
             if not 0 <= value < 1:

@@ -32,8 +32,8 @@ class Seq2SeqObjective(Objective):
     default_start = "pad"
 
     def __init__(self, tokenizer=None, meta: dict | None = None,
-                 decoder_start_token_id: int | None = None, seed: int | None = None):
-        super().__init__(tokenizer, meta)
+                 decoder_start_token_id: int | None = None, seed: int | None = None, **options):
+        super().__init__(tokenizer, meta, **options)  # unknown options: a clear ConfigError
         if tokenizer is None:
             raise ConfigError(f"objective '{self.name}' needs the dataset's tokenizer.json "
                               "(for its special tokens)")
@@ -49,7 +49,8 @@ class Seq2SeqObjective(Objective):
         else:
             self.decoder_start = self.pad_id if self.default_start == "pad" else self.eos_id
         # Default: derived from the run's seed (the engine seeds torch first), no draw from it.
-        self.generator = torch.Generator().manual_seed(torch.initial_seed() + 1 if seed is None else seed)
+        self.generator = torch.Generator().manual_seed(
+            torch.initial_seed() + 1 if seed is None else seed)
 
     def check_model(self, model: torch.nn.Module) -> None:
         cfg = model.config
