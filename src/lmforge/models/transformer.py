@@ -44,10 +44,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-# Up to this many positions, bf16 attention on CPU runs faster as explicit batched matmuls than
-# through SDPA's flash kernel, whose CPU backward is slow (measured on AVX512-BF16: 2.5x slower
-# at T=256, 5x at T=64; even at T=512, slower beyond). The (B, H, T, T) probabilities it keeps
-# for backward are small at these lengths.
+# Up to this many positions, bf16 attention on CPU trains faster as explicit batched matmuls than
+# through SDPA's flash kernel, whose CPU backward is slow (forward + backward measured on an
+# AVX512-BF16 CPU: 2.3x faster at T=256, 5x at T=64; about even at T=512, slower beyond). The
+# (B, H, T, T) probabilities kept for backward stay small at these lengths.
 EXPLICIT_ATTENTION_MAX_LEN = 256
 
 
@@ -98,7 +98,8 @@ class KVCache:
 
 class Attention(nn.Module):
     """Multi-head / grouped-query attention through ``scaled_dot_product_attention`` (fused
-    flash or memory-efficient kernels on CPU and GPU instead of an explicit T x T softmax)."""
+    flash or memory-efficient kernels on CPU and GPU instead of an explicit T x T softmax);
+    short bf16 sequences on CPU use ``explicit_causal_attention``, faster there."""
 
     def __init__(self, cfg: ModelConfig, layer: int, causal: bool = True):
         super().__init__()

@@ -59,9 +59,12 @@ def autocast(device: torch.device, precision: str):
 
 
 def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
-    """Training FLOPs per token: 6N for the matmuls plus attention (PaLM appendix B)."""
+    """Training FLOPs per token: 6N for the matmuls plus attention (PaLM appendix B); an LSTM
+    uses each weight once per token and has no attention."""
     cfg = model.config
     n = model.num_parameters(non_embedding=True)
+    if getattr(cfg, "arch", "decoder") == "lstm":
+        return 6 * n
     return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
 
 

@@ -1,0 +1,151 @@
+"""lmforge's GPT is the published architecture: with Hugging Face weights copied in, its fp32
+logits, loss and gradients match ``GPT2LMHeadModel`` and ``LlamaForCausalLM``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmforge.models import GPT, ModelConfig
+
+transformers = pytest.importorskip("transformers")
+
+ATOL = 1e-5
+
+
+def gpt2_pair() -> tuple[GPT, torch.nn.Module]:
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=97, n_positions=32, n_embd=48, n_layer=2, n_head=4, resid_pdrop=0.0,
+        embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5, activation_function="gelu_new",
+        bos_token_id=None, eos_token_id=None))
+    ours = GPT(ModelConfig(vocab_size=97, context_length=32, n_embd=48, n_layer=2, n_head=4))
+    h = hf.transformer
+    state = {"wte.weight": h.wte.weight, "wpe.weight": h.wpe.weight,
+             "ln_f.weight": h.ln_f.weight, "ln_f.bias": h.ln_f.bias}
+    for i, block in enumerate(h.h):
+        # HF's Conv1D stores weights as (in, out): the transpose of nn.Linear's.
+        pairs = {"ln_1": block.ln_1, "ln_2": block.ln_2, "attn.qkv": block.attn.c_attn,
+                 "attn.proj": block.attn.c_proj, "mlp.fc": block.mlp.c_fc, "mlp.proj": block.mlp.c_proj}
+        for name, module in pairs.items():
+            conv = isinstance(module, transformers.pytorch_utils.Conv1D)
+            state[f"blocks.{i}.{name}.weight"] = module.weight.t() if conv else module.weight
+            state[f"blocks.{i}.{name}.bias"] = module.bias
+    load(ours, state)
+    assert ours.lm_head.weight is ours.wte.weight  # still tied after loading
+    return ours, hf
+
+
+def llama_pair() -> tuple[GPT, torch.nn.Module]:
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False))
+    ours = GPT(ModelConfig(vocab_size=97, context_length=32, n_embd=64, n_layer=2, n_head=4,
+                           n_kv_head=2, intermediate_size=96, pos_embedding="rope", norm="rmsnorm",
+                           mlp="swiglu", activation="silu", bias=False, tie_embeddings=False))
+    m = hf.model
+    state = {"wte.weight": m.embed_tokens.weight, "ln_f.weight": m.norm.weight,
+             "lm_head.weight": hf.lm_head.weight}
+    for i, layer in enumerate(m.layers):
+        a, mlp = layer.self_attn, layer.mlp
+        state |= {
+            f"blocks.{i}.ln_1.weight": layer.input_layernorm.weight,
+            f"blocks.{i}.ln_2.weight": layer.post_attention_layernorm.weight,
+            f"blocks.{i}.attn.qkv.weight": torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
+            f"blocks.{i}.attn.proj.weight": a.o_proj.weight,
+            f"blocks.{i}.mlp.fc.weight": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+            f"blocks.{i}.mlp.proj.weight": mlp.down_proj.weight,
+        }
+    load(ours, state)
+    return ours, hf
+
+
+def load(model: GPT, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` in, requiring every parameter of ``model`` to be covered."""
+    params = dict(model.named_parameters())  # tied weights appear once
+    assert set(params) == set(state), set(params) ^ set(state)
+    with torch.no_grad():
+        for name, value in state.items():
+            assert params[name].shape == value.shape, name
+            params[name].copy_(value)
+
+
+PAIRS = {"gpt2": gpt2_pair, "llama": llama_pair}
+
+
+@pytest.fixture(params=list(PAIRS))
+def pair(request):
+    torch.manual_seed(0)
+    ours, hf = PAIRS[request.param]()
+    return ours.train(), hf.train()  # dropout is 0: train mode must match too
+
+
+def test_logits_match_hugging_face(pair):
+    ours, hf = pair
+    idx = torch.randint(97, (3, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx), hf(input_ids=idx).logits, atol=ATOL, rtol=0)
+
+
+def test_loss_and_gradients_match_hugging_face(pair):
+    ours, hf = pair
+    idx = torch.randint(97, (3, 20))
+    x, y = idx[:, :-1], idx[:, 1:]
+    losses = [F.cross_entropy(m_logits.flatten(0, 1), y.flatten())
+              for m_logits in (ours(x), hf(input_ids=x).logits)]
+    torch.testing.assert_close(losses[0], losses[1], atol=ATOL, rtol=0)
+    for loss in losses:
+        loss.backward()
+    torch.testing.assert_close(ours.wte.weight.grad, hf.get_input_embeddings().weight.grad,
+                               atol=ATOL, rtol=0)
+    if isinstance(hf, transformers.GPT2LMHeadModel):
+        hf_out = hf.transformer.h[-1].mlp.c_proj.weight.grad.t()  # Conv1D layout
+    else:
+        hf_out = hf.model.layers[-1].mlp.down_proj.weight.grad
+    torch.testing.assert_close(ours.blocks[-1].mlp.proj.weight.grad, hf_out, atol=ATOL, rtol=0)
+
+
+def test_padded_batch_matches_hugging_face(pair):
+    """Left padding through ``attention_mask``: real positions' logits still match."""
+    ours, hf = pair
+    idx = torch.randint(97, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, :5] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        a = ours(idx, position_ids=positions, attention_mask=mask)
+        b = hf(input_ids=idx, attention_mask=mask, position_ids=positions).logits
+    real = mask.bool()
+    torch.testing.assert_close(a[real], b[real], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_explicit_attention_matches_sdpa(kv_heads):
+    """The explicit-matmul attention that CPU bf16 training uses for short sequences is SDPA's
+    causal attention, grouped-query heads included."""
+    from lmforge.models.transformer import explicit_causal_attention
+
+    q = torch.randn(2, 4, 16, 8)
+    k, v = torch.randn(2, kv_heads, 16, 8), torch.randn(2, kv_heads, 16, 8)
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv_heads != 4)
+    torch.testing.assert_close(explicit_causal_attention(q, k, v), expected, atol=ATOL, rtol=0)
+
+
+def test_bf16_training_path_matches_fp32(monkeypatch):
+    """Under CPU bf16 autocast (explicit attention, bf16 RoPE) logits stay within bf16 rounding
+    of the fp32 model's and of the SDPA path's."""
+    import lmforge.models.transformer as transformer
+
+    torch.manual_seed(0)
+    ours, _ = llama_pair()
+    idx = torch.randint(97, (2, 32))
+    with torch.no_grad():
+        reference = ours(idx)
+        with torch.autocast("cpu", torch.bfloat16):
+            explicit = ours(idx).float()
+            monkeypatch.setattr(transformer, "EXPLICIT_ATTENTION_MAX_LEN", 0)  # SDPA instead
+            fused = ours(idx).float()
+    assert reference.std() > 0.1  # logits of a real scale: the bound below means something
+    torch.testing.assert_close(explicit, reference, atol=1e-2, rtol=0)
+    torch.testing.assert_close(explicit, fused, atol=1e-2, rtol=0)
