@@ -85,6 +85,38 @@ def test_char_tokenizer_round_trips_exactly(train_file):
     assert encode(tok, "\u2603") == [tok.token_to_id("<unk>")]  # unseen character
 
 
+WIKITEXT_LINES = [  # WikiText-2 style: already tokenized, single spaces, <unk> for rare words
+    " = Homarus gammarus = \n",
+    " Homarus gammarus , known as the European lobster , is a species of <unk> lobster . \n",
+    " It may grow to a length of 60 cm ( 24 in ) and a mass of 6 @.@ 5 kilograms . \n",
+    " The lobster is blue , and the <unk> is red – naïve café . \n",
+]
+
+
+def test_word_tokenizer_round_trips_pre_tokenized_text(tmp_path):
+    path = tmp_path / "wiki.txt"
+    path.write_text("".join(WIKITEXT_LINES), encoding="utf-8")
+    tok = train_tokenizer([path], kind="word", min_frequency=1)
+    assert tokenizer_info(tok)["kind"] == "word"
+    vocab = tok.get_vocab()
+    assert vocab["<|endoftext|>"] == 0 and vocab["<unk>"] == 1  # the literal <unk> is the unk
+    assert sorted(vocab.values()) == list(range(len(vocab)))  # no holes in the ids
+    for line in WIKITEXT_LINES:
+        ids = encode(tok, line)
+        assert len(ids) == len(line.split())  # one id per word, no pieces
+        assert decode(tok, ids) == " ".join(line.split())
+    unk = tok.token_to_id("<unk>")
+    assert encode(tok, "the zebra <unk> lobster") == [vocab["the"], unk, unk, vocab["lobster"]]
+    # vocab_size keeps the most frequent words (ties by word: "a" before "of"); the rest are <unk>
+    capped = train_tokenizer([path], kind="word", vocab_size=5)
+    assert set(capped.get_vocab()) == {"<|endoftext|>", "<unk>", ",", ".", "a"}
+    assert decode(capped, encode(capped, "a lobster .")) == "a <unk> ."
+    assert "species" not in train_tokenizer([path], kind="word").get_vocab()  # min_frequency 2
+    assert main(["tokenizer", "train", str(path), "--kind", "word", "--min-frequency", "1",
+                 "--out", str(tmp_path / "tok"), "-q"]) == 0
+    assert encode(load_tokenizer(tmp_path / "tok"), WIKITEXT_LINES[1]) == encode(tok, WIKITEXT_LINES[1])
+
+
 def test_bpe_tokenizer_round_trips_exactly_even_unseen_text(train_file):
     tok = train_tokenizer([train_file], kind="bpe", vocab_size=512)
     assert tok.get_vocab_size() == 512
@@ -175,7 +207,8 @@ def test_train_rejects_missing_empty_and_binary_files(tmp_path):
 
 # --------------------------------------------------------------------------- files
 
-@pytest.mark.parametrize("kind, vocab_size", [("char", None), ("bpe", 400), ("wordpiece", 600)])
+@pytest.mark.parametrize("kind, vocab_size", [("char", None), ("word", None), ("bpe", 400),
+                                              ("wordpiece", 600)])
 def test_saved_tokenizer_loads_in_tokenizers_and_transformers(train_file, tmp_path, kind, vocab_size):
     from transformers import PreTrainedTokenizerFast
 

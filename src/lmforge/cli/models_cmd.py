@@ -21,6 +21,8 @@ def run(args) -> int:
             n = build_model(cfg).num_parameters()
         style = "llama" if cfg.pos_embedding == "rope" else "gpt2"
         heads = f"{cfg.n_head}/{cfg.n_kv_head}" if cfg.n_kv_head != cfg.n_head else str(cfg.n_head)
+        if cfg.arch == "lstm":
+            style, heads = "lstm", "-"
         rows.append((name, style, cfg.n_layer, heads, cfg.n_embd, cfg.context_length,
                      cfg.vocab_size, f"{n / 1e6:.2f}M"))
     header = ("preset", "style", "layers", "heads", "d_model", "context", "vocab", "params")

@@ -37,26 +37,28 @@ def _add_tokenizer_arg(parser: argparse.ArgumentParser) -> None:
 
 def _register_train(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser(
-        "train", help="train a char, byte-level BPE or WordPiece tokenizer",
+        "train", help="train a char, word, byte-level BPE or WordPiece tokenizer",
         description="Train a tokenizer on text files or folders (.txt, .jsonl, .parquet, .gz) "
                     "and write OUT/tokenizer.json.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="training files or folders, - for stdin")
     p.add_argument("--kind", choices=KINDS, default="bpe",
-                   help="char: one token per character; bpe: GPT-2 byte-level BPE; "
-                        "wordpiece: BERT style (default: bpe)")
+                   help="char: one token per character; word: one token per whitespace-"
+                        "separated word (already tokenized text such as WikiText); bpe: GPT-2 "
+                        "byte-level BPE; wordpiece: BERT style (default: bpe)")
     p.add_argument("--vocab-size", type=int, default=None, metavar="N",
                    help="vocab size incl. special tokens (required for bpe/wordpiece; "
-                        "for char, a cap on the characters kept)")
+                        "for char/word, an optional cap keeping the most frequent)")
     p.add_argument("--out", "-o", required=True, metavar="DIR",
                    help=f"output folder for {TOKENIZER_FILE} (or a .json file path)")
     p.add_argument("--special-tokens", nargs="+", default=None, metavar="TOKEN",
-                   help="special tokens, first ids (default: <|endoftext|> for char/bpe; "
+                   help="special tokens, first ids (default: <|endoftext|> for char/word/bpe; "
                         "[PAD] [UNK] [CLS] [SEP] [MASK] for wordpiece)")
     p.add_argument("--lowercase", action="store_true", help="lowercase text before tokenizing")
     p.add_argument("--normalization", choices=["none", "nfc", "nfkc"], default="none",
                    help="Unicode normalization inside the tokenizer (default: none)")
     p.add_argument("--min-frequency", type=int, default=2, metavar="N",
-                   help="minimum count of a merge/word piece (default: 2; unused for char)")
+                   help="minimum count of a merge/word piece/word; rarer words become <unk> "
+                        "(default: 2; unused for char)")
     p.add_argument("--encoding", default="utf-8",
                    help="encoding of the input files (default: utf-8; e.g. latin-1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing tokenizer file")

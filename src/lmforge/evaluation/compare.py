@@ -53,13 +53,13 @@ class CompareConfig:
     lstm_steps: int = _help("LSTM training steps (0: skip the LSTM)", 1000)
     lstm_batch_size: int = _help("LSTM parallel streams per batch", 20)
     lstm_block_size: int = _help("LSTM truncated-BPTT length", 35)
-    lstm_lr: float = _help("LSTM peak learning rate (AdamW)", 3e-3)
+    lstm_lr: float = _help("LSTM peak learning rate (AdamW)", 5e-3)
     gpt_model: str = _help("Transformer preset (trained with objective causal_lm)", "gpt-mini")
     gpt_args: dict = _help("Transformer architecture overrides as JSON", None)
     gpt_steps: int = _help("Transformer training steps (0: skip the Transformer)", 1000)
     gpt_batch_size: int = _help("Transformer windows per batch", 16)
     gpt_block_size: int = _help("Transformer training window, also its scoring window", 128)
-    gpt_lr: float = _help("Transformer peak learning rate (AdamW)", 1e-3)
+    gpt_lr: float = _help("Transformer peak learning rate (AdamW)", 2e-3)
     gpt_stride: int | None = _help("scoring window step (default: half the window)", None)
     precision: str = _help("training precision: auto, fp32, bf16 (scoring is always fp32)", "auto")
     device: str = _help("auto, cpu, cuda, cuda:N or mps", "auto")
@@ -115,10 +115,11 @@ def _ngram_rows(cfg: CompareConfig, log) -> list[dict]:
         lm = fit_on_dataset(cfg.data, order, discount=cfg.ngram_discount)
         seconds = time.perf_counter() - start
         total, tokens, ppl = evaluate_on_dataset(lm, cfg.data, "val")
-        discount = "modified KN" if cfg.ngram_discount == "modified" else f"KN d={cfg.ngram_discount}"
-        rows.append({"name": f"{order}-gram ({discount})", "kind": "ngram", "params": lm.num_parameters(),
-                     "train_seconds": seconds, "steps": None, "train_tokens": None,
-                     "val_logprob": total, "val_tokens": tokens, "val_ppl": ppl,
+        discount = ("modified KN" if cfg.ngram_discount == "modified"
+                    else f"KN d={cfg.ngram_discount}")
+        rows.append({"name": f"{order}-gram ({discount})", "kind": "ngram",
+                     "params": lm.num_parameters(), "train_seconds": seconds, "steps": None,
+                     "train_tokens": None, "val_logprob": total, "val_tokens": tokens, "val_ppl": ppl,
                      "context": f"up to {order - 1} previous token(s) of its document"})
         log(f"{rows[-1]['name']}: val ppl {ppl:.2f} ({seconds:.1f} s)")
     return rows
@@ -134,7 +135,8 @@ def _neural_row(cfg: CompareConfig, kind: str, ids: np.ndarray, eos_id: int, log
     batch_size = cfg.lstm_batch_size if lstm else cfg.gpt_batch_size
     block_size = cfg.lstm_block_size if lstm else cfg.gpt_block_size
     args = dict((cfg.lstm_args if lstm else cfg.gpt_args) or {})
-    args.setdefault("context_length", block_size)  # a longer context would never be trained
+    if not Path(model).is_dir():  # a new model: positions beyond the window would never train
+        args.setdefault("context_length", block_size)
     train_cfg = TrainConfig(
         data=cfg.data, out_dir=str(Path(cfg.out) / kind), model=model, model_args=args,
         objective="bptt_lm" if lstm else "causal_lm", block_size=block_size,
@@ -228,7 +230,7 @@ def plot_compare(result: dict, path: str | Path) -> Path:
     ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xticks(x, [r["name"].replace(" (", "\n(") for r in rows], fontsize=8)
     ax.set_ylabel("validation perplexity (log scale)")
-    ax.set_title(f"{Path(result['data']).name}: {result['val_tokens']:,} val tokens, all scored",
+    ax.set_title(f"{result['data']}: {result['val_tokens']:,} val tokens, all scored",
                  fontsize=10)
     # Bars start at the power of ten below the best model, not at an arbitrary axis limit.
     ax.set_ylim(10 ** math.floor(math.log10(min(ppl))), max(ppl) * 1.6)

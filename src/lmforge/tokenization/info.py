@@ -47,8 +47,9 @@ def _describe(node: dict[str, Any] | None) -> str:
 
 def _kind(spec: dict[str, Any]) -> str:
     model = spec["model"]["type"]
-    if model == "WordLevel" and (spec.get("pre_tokenizer") or {}).get("type") == "Split":
-        return "char"
+    pre_tokenizer = (spec.get("pre_tokenizer") or {}).get("type")
+    if model == "WordLevel" and pre_tokenizer in ("Split", "WhitespaceSplit"):
+        return "char" if pre_tokenizer == "Split" else "word"
     if model == "BPE":
         byte_level = "ByteLevel" in json.dumps(spec.get("pre_tokenizer"))
         return "bpe" if byte_level else "bpe (not byte-level)"

@@ -33,6 +33,13 @@ def set_char_pipeline(tok: Tokenizer) -> None:
     tok.decoder = decoders.Fuse()
 
 
+def set_word_pipeline(tok: Tokenizer) -> None:
+    """Whitespace-separated words, for text that is already tokenized (WikiText, PTB). No
+    decoder: ``tokenizers`` then joins the tokens with single spaces."""
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = None
+
+
 def set_byte_level_pipeline(tok: Tokenizer) -> None:
     """GPT-2 byte-level pipeline: bytes mapped to printable symbols, lossless decoding."""
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
