@@ -210,3 +210,12 @@ def test_no_weight_decay_on_norms_biases_embeddings():
     decayed = {names[id(p)] for p in decay["params"]}
     assert decayed and all(n.endswith("weight") and ("qkv" in n or "proj" in n or "fc" in n) for n in decayed)
     assert {"wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"} <= {names[id(p)] for p in no_decay["params"]}
+
+
+def test_compiled_model_trains_like_eager(data, tmp_path):
+    """`--compile true` runs the same training (torch.compile with inductor on CPU)."""
+    common = dict(data=str(data), max_steps=8, **{**TINY, "eval_interval": 0})
+    eager = pretrain(TrainConfig(out_dir=str(tmp_path / "eager"), **common))
+    compiled = pretrain(TrainConfig(out_dir=str(tmp_path / "compiled"), compile=True, **common))
+    assert compiled["val_loss"] == pytest.approx(eager["val_loss"], abs=1e-3)
+    assert compiled["val_loss"] < 4.0
