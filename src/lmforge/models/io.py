@@ -65,6 +65,19 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
     model.load_state_dict(state, strict=False)
 
 
+def replace_dir(tmp: Path, dest: Path) -> None:
+    """Put the finished folder ``tmp`` at ``dest`` by renames only, so ``dest`` is never a
+    half-written folder (the old one is moved aside first and deleted last)."""
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
+
+
 def save_pretrained(model: torch.nn.Module, path: str | Path, tokenizer=None) -> Path:
     """Write the model folder atomically (temp folder, then rename over the old one)."""
     path = Path(path)
@@ -78,14 +91,7 @@ def save_pretrained(model: torch.nn.Module, path: str | Path, tokenizer=None) ->
                 shutil.copyfile(tokenizer, tmp / TOKENIZER_NAME)
             else:
                 tokenizer.save(str(tmp / TOKENIZER_NAME))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path

@@ -4,6 +4,7 @@ what is being learned."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -42,6 +43,16 @@ class Objective:
         """A fixed list of ``count`` ready validation batches (the same at every evaluation)."""
         windows = fixed_windows(data, self.window_length(block_size), count * batch_size)
         return [self.make_batch(w) for w in windows.split(batch_size)]
+
+    @contextlib.contextmanager
+    def fixed_generator(self, seed: int = 1234):
+        """Swap in a fixed ``self.generator`` while building validation batches, so their
+        masks/noise are the same at every evaluation and training's generator never moves."""
+        saved, self.generator = self.generator, torch.Generator().manual_seed(seed)
+        try:
+            yield
+        finally:
+            self.generator = saved
 
     def check_model(self, model: torch.nn.Module) -> None:
         """Raise ConfigError if this objective cannot train ``model``."""

@@ -87,13 +87,13 @@ class SentencePairObjective(MaskedLM):
         return PairSampler(self, data, block_size, batch_size)
 
     def eval_batches(self, data, block_size: int, batch_size: int, count: int) -> list:
-        saved, self.generator = self.generator, torch.Generator().manual_seed(1234)
         truncated = self.truncated
         try:
-            sampler = PairSampler(self, data, block_size, batch_size)
-            return [self.make_batch(sampler.next_batch()) for _ in range(count)]
+            with self.fixed_generator():
+                sampler = PairSampler(self, data, block_size, batch_size)
+                return [self.make_batch(sampler.next_batch()) for _ in range(count)]
         finally:
-            self.generator, self.truncated = saved, truncated
+            self.truncated = truncated  # validation pairs are not training's truncations
 
     # ---- instances ----------------------------------------------------------------------
     def instance(self, sampler: PairSampler, g: torch.Generator) -> tuple[np.ndarray, np.ndarray, int]:

@@ -92,12 +92,8 @@ class Seq2SeqObjective(Objective):
                 "decoder_input_ids": decoder_input_ids, "labels": labels}
 
     def eval_batches(self, data, block_size: int, batch_size: int, count: int) -> list:
-        # Fixed noise for validation: a separate generator, so evaluating never moves training's.
-        saved, self.generator = self.generator, torch.Generator().manual_seed(1234)
-        try:
+        with self.fixed_generator():
             return super().eval_batches(data, block_size, batch_size, count)
-        finally:
-            self.generator = saved
 
     # ---- loss ---------------------------------------------------------------------------
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..models.io import load_model_state, load_weights, model_state
+from ..models.io import load_model_state, load_weights, model_state, replace_dir
 from safetensors.torch import save_file
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -88,14 +88,7 @@ def save_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module, optimize
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
         _fsync_dir(tmp)
-        if final.exists():
-            old = ckpt_root / f".old-{final.name}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)
         _write_atomic(ckpt_root / "latest", final.name)
         _fsync_dir(ckpt_root)
     finally:
