@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 from ..errors import ConfigError, DataError
 from ..tokenization import encode
 from .masked_inputs import frame_ids, mask_token_id, model_autocast, require_encoder
-from .scoring import ScoreResult, TokenScore
+from .scoring import ScoreResult, TokenScore, check_ids
 
 
 def window_starts(n: int, width: int) -> torch.Tensor:
@@ -82,13 +82,7 @@ def pll_score_ids(model: torch.nn.Module, ids: Sequence[int], mask_id: int,
                   token_name=None) -> ScoreResult:
     """Pseudo-log-likelihood of token ids as a ``ScoreResult`` (``method="pseudo"``): every token
     is scored; its ``perplexity`` is the pseudo-perplexity."""
-    if not ids:
-        raise DataError("empty text: nothing to score")
-    vocab = model.config.vocab_size
-    bad = [t for t in ids if not 0 <= t < vocab]
-    if bad:
-        raise DataError(f"token id {bad[0]} is outside the model's vocabulary "
-                        f"(vocab_size={vocab}); is this the model's own tokenizer?")
+    check_ids(ids, model.config.vocab_size)
     logprobs = pll_token_logprobs(model, ids, mask_id, cls_id, sep_id, max_length, batch_size,
                                   precision).tolist()
     return ScoreResult([TokenScore(index=i, id=t, token=token_name(t) if token_name else None,

@@ -139,19 +139,23 @@ def token_logprobs(model: torch.nn.Module, ids: Sequence[int], stride: int | Non
     return out
 
 
+def check_ids(ids: Sequence[int], vocab: int) -> None:
+    """Refuse an empty text or ids the model has no embedding for (a foreign tokenizer)."""
+    if not ids:
+        raise DataError("empty text: nothing to score")
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise DataError(f"token id {bad[0]} is outside the model's vocabulary "
+                        f"(vocab_size={vocab}); is this the model's own tokenizer?")
+
+
 def score_ids(model: torch.nn.Module, ids: Sequence[int], context_id: int | None = None,
               stride: int | None = None, max_length: int | None = None, precision: str = "fp32",
               token_name: Callable[[int], str | None] | None = None) -> ScoreResult:
     """Score token ids. With ``context_id`` (an end-of-text/BOS id) it is prepended as context, so
     every token is scored, the first one as the start of a document; without it the first token
     has no context and is not scored. ``token_name`` maps ids to the strings in the records."""
-    if not ids:
-        raise DataError("empty text: nothing to score")
-    vocab = model.config.vocab_size
-    bad = [t for t in ids if not 0 <= t < vocab]
-    if bad:
-        raise DataError(f"token id {bad[0]} is outside the model's vocabulary "
-                        f"(vocab_size={vocab}); is this the model's own tokenizer?")
+    check_ids(ids, model.config.vocab_size)
     if context_id is None and len(ids) < 2:
         raise DataError("text of one token has nothing to score without an end-of-text token as "
                         "context (the tokenizer has none)")

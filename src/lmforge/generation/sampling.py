@@ -160,6 +160,19 @@ def _fit_context(prompts: Sequence[Sequence[int]], context_length: int) -> list[
     return fitted
 
 
+def plan_decoding(prompts: Sequence[Sequence[int]], cfg, max_new_tokens: int):
+    """Checked prompts cropped to the context, the longest prompt's length, and how many new
+    tokens fit in the context (warning when fewer than asked)."""
+    _check_prompts(prompts, cfg.vocab_size)
+    prompts = _fit_context(prompts, cfg.context_length)
+    longest = max(len(p) for p in prompts)
+    steps = min(max_new_tokens, cfg.context_length - longest)
+    if steps < max_new_tokens:
+        log.warning("generation stops at the model's context_length=%d: %d of %d new tokens",
+                    cfg.context_length, steps, max_new_tokens)
+    return prompts, longest, steps
+
+
 def _next_logits(model: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor,
                  mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
     """Float logits (B, V) at the last position. With a cache only the tokens it does not hold
@@ -214,13 +227,7 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     cfg = model.config
-    _check_prompts(prompts, cfg.vocab_size)
-    prompts = _fit_context(prompts, cfg.context_length)
-    longest = max(len(p) for p in prompts)
-    steps = min(max_new_tokens, cfg.context_length - longest)
-    if steps < max_new_tokens:
-        log.warning("generation stops at the model's context_length=%d: %d of %d new tokens",
-                    cfg.context_length, steps, max_new_tokens)
+    prompts, longest, steps = plan_decoding(prompts, cfg, max_new_tokens)
 
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, device)

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import ConfigError, LMForgeError
 from ..training.runtime import autocast, resolve_precision
-from .sampling import (Completion, StreamCallback, _check_prompts, _fit_context, _next_logits,
+from .sampling import (Completion, StreamCallback, _check_prompts, _next_logits, plan_decoding,
                        _record, check_sampling_args, generate, left_pad, positions_from_mask,
                        sample_next)
 
@@ -320,14 +320,7 @@ def beam_search_decoder(model: torch.nn.Module, prompts: Sequence[Sequence[int]]
     """Beam search continuations of ``prompts`` with a decoder-only model (GPT); prompts and
     context as in :func:`~lmforge.generation.generate`."""
     _check_beam_args(num_beams, early_stopping, no_repeat_ngram_size)
-    cfg = model.config
-    _check_prompts(prompts, cfg.vocab_size)
-    prompts = _fit_context(prompts, cfg.context_length)
-    longest = max(len(p) for p in prompts)
-    steps = min(max_new_tokens, cfg.context_length - longest)
-    if steps < max_new_tokens:
-        log.warning("generation stops at the model's context_length=%d: %d of %d new tokens",
-                    cfg.context_length, steps, max_new_tokens)
+    prompts, longest, steps = plan_decoding(prompts, model.config, max_new_tokens)
     device = next(model.parameters()).device
     with autocast(device, resolve_precision(precision, device)):
         step = DecoderStep(model, prompts, longest + steps, use_cache)

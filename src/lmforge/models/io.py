@@ -5,7 +5,6 @@ Weights are safetensors only (never pickle). Tied output weights are stored once
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile

@@ -4,7 +4,7 @@ decoder-only language model `GPT` (GPT-2 and Llama families by config)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn

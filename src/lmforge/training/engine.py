@@ -5,7 +5,6 @@ It knows nothing about what the objective learns."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 import shutil
