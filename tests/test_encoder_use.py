@@ -277,7 +277,8 @@ def test_pll_equals_masking_each_token_by_hand(encoder, tok):
     assert result.total_logprob == pytest.approx(sum(t.logprob for t in result.tokens), abs=1e-9)
     assert result.perplexity == pytest.approx(np.exp(-sum(reference) / len(ids)), rel=1e-5)
     dispatched = score_text(encoder, tok, text)  # `lmforge score` picks PLL by the arch
-    assert [t.logprob for t in dispatched.tokens] == [t.logprob for t in result.tokens]
+    # Another batch size batches the masked copies differently: equal up to float rounding.
+    assert [t.logprob for t in dispatched.tokens] == pytest.approx([t.logprob for t in result.tokens], abs=1e-5)
 
 
 def test_pll_of_a_long_text_centres_a_window_on_each_token(encoder, tok):
