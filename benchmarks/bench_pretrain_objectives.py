@@ -39,7 +39,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import GRAD_CLIP, OPTIM, RESULTS, Runner, clip_and_step, environment  # noqa: E402
+from bench_train import GRAD_CLIP, OPTIM, RESULTS, Runner, clip_and_step, environment, publish  # noqa: E402
 
 from lmforge.models.config import ModelConfig, preset  # noqa: E402
 from lmforge.models.encoder import Encoder  # noqa: E402
@@ -237,17 +237,10 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         rows += benchmark(w, args)
         print(f"[{w}: {time.perf_counter() - t0:.0f} s]", flush=True)
-    report = table(rows, args.steps, args.warmup)
-    report += f"Load average at the end: {os.getloadavg()[0]:.2f} (other processes skew timings).\n"
-    print("\n" + report)
-    if not args.no_save:
-        stamp = datetime.datetime.now().strftime("%Y-%m-%d")
-        if not RESULTS.exists():
-            RESULTS.write_text("# lmforge benchmark results\n")
-        with RESULTS.open("a") as f:
-            f.write(f"\n## pretraining objectives: MLM and seq2seq step, lmforge vs transformers "
-                    f"({stamp})\n\n{env}\n{report}")
-        print(f"appended to {RESULTS}")
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d")
+    publish(table(rows, args.steps, args.warmup),
+            f"pretraining objectives: MLM and seq2seq step, lmforge vs transformers ({stamp})",
+            env, save=not args.no_save)
 
 
 if __name__ == "__main__":

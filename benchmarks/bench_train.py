@@ -267,15 +267,20 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             rows += benchmark(arch, config, args)
             print(f"[{arch} {config}: {time.perf_counter() - t0:.0f} s]", flush=True)
-    report = table(rows, args.steps, args.warmup)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    publish(table(rows, args.steps, args.warmup), f"{stamp}: training step, lmforge vs transformers",
+            env, save=not args.no_save)
+
+
+def publish(report: str, heading: str, env: str, save: bool) -> None:
+    """Print the table with the closing load average and, if ``save``, append it to RESULTS.md."""
     report += f"Load average at the end: {os.getloadavg()[0]:.2f} (other processes skew timings).\n"
     print("\n" + report)
-    if not args.no_save:
-        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    if save:
         if not RESULTS.exists():
             RESULTS.write_text("# lmforge benchmark results\n")
         with RESULTS.open("a") as f:
-            f.write(f"\n## {stamp}: training step, lmforge vs transformers\n\n{env}\n{report}")
+            f.write(f"\n## {heading}\n\n{env}\n{report}")
         print(f"appended to {RESULTS}")
 
 
