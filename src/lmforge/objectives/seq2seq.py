@@ -101,6 +101,15 @@ class Seq2SeqObjective(Objective):
         return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
                                ignore_index=-100)
 
+    @torch.no_grad()
+    def eval_metrics(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, tuple[float, int]]:
+        """Teacher-forced target-token accuracy (argmax equals the label), as for MLM."""
+        logits = model(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
+        labels = batch["labels"]
+        target = labels != -100
+        correct = (logits.argmax(-1) == labels) & target
+        return {"token_acc": (float(correct.sum()), int(target.sum()))}
+
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
 
