@@ -9,8 +9,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..errors import DataError, LMForgeError
-from ..models import from_pretrained
-from ..models.io import tokenizer_path
+from ..models.io import load_model
 from ..tokenization import load_tokenizer
 from ..training.runtime import resolve_device
 
@@ -20,7 +19,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 def add_model_flags(p: argparse.ArgumentParser, precision: str) -> None:
     """--model, --tokenizer, --device and --precision (default ``precision``)."""
     p.add_argument("--model", required=True, metavar="DIR",
-                   help="model folder (config.json + model.safetensors) or training run folder")
+                   help="model folder (lmforge or Hugging Face), training run folder, or .gguf file")
     p.add_argument("--tokenizer", metavar="PATH",
                    help="tokenizer.json or tokenizer folder, if not the one saved beside the model")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -29,13 +28,15 @@ def add_model_flags(p: argparse.ArgumentParser, precision: str) -> None:
 
 
 def load_model_and_tokenizer(args: argparse.Namespace) -> tuple[torch.nn.Module, Tokenizer]:
-    """The model named by --model on --device, and --tokenizer or the tokenizer saved beside it."""
-    model = from_pretrained(args.model, device=resolve_device(args.device))
-    path = args.tokenizer or tokenizer_path(args.model)
-    if path is None:
-        raise LMForgeError(f"no tokenizer.json found beside the model in {args.model}; "
+    """The model named by --model (lmforge or Hugging Face folder, or GGUF file) on --device,
+    and --tokenizer or the tokenizer that comes with it."""
+    model, tokenizer, _ = load_model(args.model, device=resolve_device(args.device))
+    if args.tokenizer:
+        return model, load_tokenizer(args.tokenizer)
+    if tokenizer is None:
+        raise LMForgeError(f"no tokenizer found with the model in {args.model}; "
                            "pass --tokenizer PATH")
-    return model, load_tokenizer(path)
+    return model, tokenizer
 
 
 def read_text_file(path: str, what: str) -> str:

@@ -25,6 +25,7 @@ COMMANDS = {
     "embed": ("embed_cmd", "sentence embeddings to .npy or JSONL"),
     "compare": ("compare_cmd", "n-gram vs LSTM vs Transformer perplexity on one dataset"),
     "plot": ("plot_cmd", "draw a run's train/validation loss curve as PNG"),
+    "convert": ("convert_cmd", "convert models between lmforge, Hugging Face and GGUF"),
 }
 COMMAND_MODULES = [module for module, _ in COMMANDS.values()]
 

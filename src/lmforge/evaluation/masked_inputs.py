@@ -15,17 +15,21 @@ from ..training.runtime import autocast, resolve_precision
 
 
 def is_encoder(model: torch.nn.Module) -> bool:
-    """True for a bidirectional encoder with a masked-LM head (``arch="encoder"``)."""
-    return getattr(model.config, "arch", "decoder") == "encoder" and hasattr(model, "mlm_logits")
+    """True for a bidirectional encoder (``arch="encoder"``)."""
+    return getattr(model.config, "arch", "decoder") == "encoder"
 
 
 def require_encoder(model: torch.nn.Module, what: str) -> None:
-    """Refuse a decoder or LSTM: ``what`` needs predictions from both sides of a token."""
+    """Refuse a decoder, an LSTM or an encoder without a masked-LM head: ``what`` needs
+    predictions from both sides of a token."""
     if not is_encoder(model):
         arch = getattr(model.config, "arch", "decoder")
         raise ConfigError(f"{what} needs an encoder model with a masked-LM head (arch=encoder, "
                           f"e.g. trained with --model bert-mini --objective mlm); this model's "
                           f"arch is {arch}")
+    if getattr(model, "mlm_head", None) is None:
+        raise ConfigError(f"{what} needs a masked-LM head, and this encoder has none (imported "
+                          "without one, e.g. a sentence-embedding model)")
 
 
 def mask_token_id(tokenizer: Tokenizer) -> int:

@@ -72,7 +72,7 @@ class Seq2SeqStep:
         if self.cache is not None:
             tokens = tokens[:, self.cache.length:]
         hidden = self.model.decode(tokens, self.hidden, self.mask, self.cache)
-        return self.model.lm_head(hidden[:, -1]).float()
+        return self.model.logits(hidden[:, -1]).float()
 
     def reorder(self, index: torch.Tensor) -> None:
         self.hidden = self.hidden.index_select(0, index)

@@ -37,13 +37,21 @@ class ModelConfig:
     intermediate_size: int | None = None  # None = 4 * n_embd
     pos_embedding: str = "learned"
     rope_base: float = 10000.0
+    # RoPE context extension, as Hugging Face's ``rope_scaling``: {"rope_type": "linear",
+    # "factor": f} or Llama 3's {"rope_type": "llama3", "factor", "low_freq_factor",
+    # "high_freq_factor", "original_max_position_embeddings"}; None = plain RoPE.
+    rope_scaling: dict | None = None
     norm: str = "layernorm"
     norm_eps: float = 1e-5
     norm_placement: str = "pre"
     mlp: str = "mlp"
     activation: str = "gelu_tanh"
     bias: bool = True
+    qkv_bias: bool | None = None  # bias on the q/k/v projections only; None = ``bias`` (Qwen2: True)
     tie_embeddings: bool = True
+    # Multiplies the final hidden state before the output head (T5 with tied embeddings uses
+    # n_embd ** -0.5); None = no scaling.
+    output_scale: float | None = None
     dropout: float = 0.0
     init_std: float = 0.02
     # LSTM (arch="lstm") only: share of word types whose embedding is zeroed per batch (AWD-LSTM).
@@ -52,6 +60,8 @@ class ModelConfig:
     type_vocab_size: int = 0
     embedding_norm: bool = False
     pooler: bool = False
+    mlm_head: bool = True  # encoder: masked-LM head (imported encoders may come without one)
+    sentence_head: bool = True  # encoder with a pooler: the two-way NSP/SOP head
     # Encoder-decoder (arch="encoder-decoder", T5 / BART) parts.
     n_decoder_layer: int | None = None  # None = n_layer
     # First decoder input; None = chosen from the tokenizer by the objective (T5: pad, BART: eos).
@@ -95,6 +105,17 @@ class ModelConfig:
         if self.pos_embedding == "relative" and self.arch != "encoder-decoder":
             raise ConfigError("model field 'pos_embedding' = 'relative' (T5 position bias) needs "
                               f"arch 'encoder-decoder', got {self.arch!r}")
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
+            needed = {"linear": ("factor",),
+                      "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+                                 "original_max_position_embeddings")}
+            if kind not in needed:
+                raise ConfigError(f"model field 'rope_scaling' type {kind!r} is not supported "
+                                  "(supported: linear, llama3)")
+            missing = [k for k in needed[kind] if k not in self.rope_scaling]
+            if missing:
+                raise ConfigError(f"model field 'rope_scaling' ({kind}) lacks {', '.join(missing)}")
         if self.n_decoder_layer is not None and self.n_decoder_layer <= 0:
             raise ConfigError("model field 'n_decoder_layer' must be positive, "
                               f"got {self.n_decoder_layer}")

@@ -44,8 +44,9 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i, causal=False) for i in range(cfg.n_layer))
         self.ln_f = make_norm(cfg) if cfg.norm_placement == "pre" else nn.Identity()
         self.pooler = nn.Linear(cfg.n_embd, cfg.n_embd) if cfg.pooler else None
-        self.mlm_head = MLMHead(cfg, self.wte)
-        self.sentence_head = nn.Linear(cfg.n_embd, 2) if cfg.pooler else None  # NSP / SOP
+        self.mlm_head = MLMHead(cfg, self.wte) if cfg.mlm_head else None
+        # NSP / SOP
+        self.sentence_head = nn.Linear(cfg.n_embd, 2) if cfg.pooler and cfg.sentence_head else None
         init_weights(self, cfg)
 
     def num_parameters(self, non_embedding: bool = False) -> int:
@@ -74,6 +75,8 @@ class Encoder(nn.Module):
 
     def mlm_logits(self, hidden: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Vocabulary logits at ``positions`` (a boolean mask over (B, T)), or everywhere."""
+        if self.mlm_head is None:
+            raise ValueError("this encoder has no masked-LM head (mlm_head=false)")
         if positions is not None:
             hidden = hidden[positions]
         return self.mlm_head(hidden)
@@ -87,5 +90,5 @@ class Encoder(nn.Module):
     def sentence_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Two-way logits of the next-sentence / sentence-order head."""
         if self.sentence_head is None:
-            raise ValueError("this encoder has no sentence head (pooler=false)")
+            raise ValueError("this encoder has no sentence head (pooler or sentence_head false)")
         return self.sentence_head(self.pooled(hidden))

@@ -256,7 +256,13 @@ class EncoderDecoder(nn.Module):
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T_dec, vocab) of the next target token at each decoder position."""
         hidden = self.encode(input_ids, attention_mask)
-        return self.lm_head(self.decode(decoder_input_ids, hidden, attention_mask))
+        return self.logits(self.decode(decoder_input_ids, hidden, attention_mask))
+
+    def logits(self, decoder_hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits of decoder hidden states (T5 with tied embeddings scales them)."""
+        if self.config.output_scale is not None:
+            decoder_hidden = decoder_hidden * self.config.output_scale
+        return self.lm_head(decoder_hidden)
 
     def new_cache(self, batch: int, max_len: int | None = None) -> Seq2SeqCache:
         """An empty decoder cache for ``batch`` rows and up to ``max_len`` decoder tokens."""

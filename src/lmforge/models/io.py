@@ -5,6 +5,7 @@ Weights are safetensors only (never pickle). Tied output weights are stored once
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ from .lstm import LSTMLM
 from .transformer import GPT
 
 CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME = "config.json", "model.safetensors", "tokenizer.json"
+TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 
 
 def build_model(cfg: ModelConfig) -> torch.nn.Module:
@@ -77,8 +79,11 @@ def replace_dir(tmp: Path, dest: Path) -> None:
         os.replace(tmp, dest)
 
 
-def save_pretrained(model: torch.nn.Module, path: str | Path, tokenizer=None) -> Path:
-    """Write the model folder atomically (temp folder, then rename over the old one)."""
+def save_pretrained(model: torch.nn.Module, path: str | Path, tokenizer=None,
+                    tokenizer_config: dict | None = None) -> Path:
+    """Write the model folder atomically (temp folder, then rename over the old one).
+    ``tokenizer_config`` (Hugging Face keys: chat_template, special token names) is kept as
+    ``tokenizer_config.json`` beside the tokenizer."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -90,6 +95,9 @@ def save_pretrained(model: torch.nn.Module, path: str | Path, tokenizer=None) ->
                 shutil.copyfile(tokenizer, tmp / TOKENIZER_NAME)
             else:
                 tokenizer.save(str(tmp / TOKENIZER_NAME))
+        if tokenizer_config:
+            (tmp / TOKENIZER_CONFIG_NAME).write_text(
+                json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -106,8 +114,39 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 def from_pretrained(path: str | Path, device: str | torch.device = "cpu",
                     dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """Load an lmforge model folder (or a training run folder: its exported ``model/``)."""
+    """Load a model: an lmforge model folder (or a training run folder: its exported
+    ``model/``), a Hugging Face model folder, or a GGUF file (see :mod:`lmforge.interop`)."""
+    return load_model(path, device, dtype)[0]
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu",
+               dtype: torch.dtype | None = None):
+    """(model, tokenizer or None, tokenizer_config dict) from any folder or file that
+    :func:`from_pretrained` reads."""
     path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        from ..interop.gguf import load_gguf
+        return load_gguf(path, device=device, dtype=dtype)
+    from ..interop.hf import is_hf_folder, load_hf
+    if is_hf_folder(path):
+        return load_hf(path, device=device, dtype=dtype)
+    model = _load_lmforge(path, device, dtype)
+    tok_path = tokenizer_path(path)
+    tokenizer = None
+    if tok_path is not None:
+        from ..tokenization import load_tokenizer
+        tokenizer = load_tokenizer(tok_path)
+    tok_cfg = {}
+    cfg_file = tok_path.parent / TOKENIZER_CONFIG_NAME if tok_path is not None else None
+    if cfg_file is not None and cfg_file.is_file():
+        try:
+            tok_cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot read {cfg_file}: {exc}") from None
+    return model, tokenizer, tok_cfg
+
+
+def _load_lmforge(path: Path, device, dtype) -> torch.nn.Module:
     if (path / "model" / CONFIG_NAME).is_file() and not (path / CONFIG_NAME).is_file():
         path = path / "model"
     if not path.exists():

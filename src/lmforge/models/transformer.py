@@ -28,7 +28,24 @@ ACTIVATIONS = {
 
 
 def rope_frequencies(cfg: ModelConfig) -> torch.Tensor:
-    return 1.0 / (cfg.rope_base ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
+    """RoPE inverse frequencies, with ``cfg.rope_scaling`` applied as Hugging Face does."""
+    inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.int64)
+                                        .float() / cfg.head_dim))
+    scaling = cfg.rope_scaling
+    if not scaling:
+        return inv_freq
+    kind, factor = scaling.get("rope_type", scaling.get("type")), float(scaling["factor"])
+    if kind == "linear":  # positions divided by factor = frequencies divided by it
+        return inv_freq / factor
+    # Llama 3: long wavelengths slowed by ``factor``, short ones kept, a smooth blend between.
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old_len = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return torch.where(medium, blended, scaled)
 
 
 def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
@@ -106,7 +123,8 @@ class Attention(nn.Module):
         self.layer, self.causal = layer, causal
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         q_size, kv_size = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
-        self.qkv = nn.Linear(cfg.n_embd, q_size + 2 * kv_size, bias=cfg.bias)  # one fused matmul
+        qkv_bias = cfg.bias if cfg.qkv_bias is None else cfg.qkv_bias
+        self.qkv = nn.Linear(cfg.n_embd, q_size + 2 * kv_size, bias=qkv_bias)  # one fused matmul
         self.proj = nn.Linear(q_size, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
@@ -283,6 +301,8 @@ class GPT(nn.Module):
         h = self.hidden_states(idx, position_ids, attention_mask, cache)
         if last_only:
             h = h[:, -1:]
+        if self.config.output_scale is not None:
+            h = h * self.config.output_scale
         return self.lm_head(h)
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:

@@ -90,6 +90,9 @@ class MaskedLM(Objective):
         if getattr(model.config, "arch", "decoder") != "encoder":
             raise ConfigError(f"objective 'mlm' needs an encoder model (e.g. --model bert-mini), "
                               f"got a {model.config.arch}")
+        if model.mlm_head is None:
+            raise ConfigError("objective 'mlm' needs an encoder with a masked-LM head "
+                              "(model field mlm_head=true)")
 
     def add_specials(self, windows: torch.Tensor) -> torch.Tensor:
         parts = []

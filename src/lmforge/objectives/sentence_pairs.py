@@ -83,6 +83,16 @@ class SentencePairObjective(MaskedLM):
         self.use_mlm, self.short_seq_prob = mlm, short_seq_prob
         self.truncated = 0  # pairs longer than the block, truncated longest-first
 
+    def check_model(self, model) -> None:
+        if self.use_mlm:
+            super().check_model(model)
+        elif getattr(model.config, "arch", "decoder") != "encoder":
+            raise ConfigError(f"objective '{self.name}' needs an encoder model (e.g. --model "
+                              f"bert-mini), got a {model.config.arch}")
+        if model.sentence_head is None:
+            raise ConfigError(f"objective '{self.name}' needs an encoder with a pooler and a "
+                              "sentence head (model fields pooler=true, sentence_head=true)")
+
     def train_sampler(self, data, block_size, batch_size, seed, sampling="random"):
         return PairSampler(self, data, block_size, batch_size)
 

@@ -30,9 +30,14 @@ def _first_line(exc: BaseException) -> str:
 
 def _from_json(path: Path) -> Tokenizer:
     try:
-        return Tokenizer.from_file(str(path))
+        tok = Tokenizer.from_file(str(path))
     except Exception as exc:  # the Rust side raises a bare Exception
         raise DataError(f"cannot load tokenizer {path}: {_first_line(exc)}") from None
+    # Some published tokenizer.json files switch on padding/truncation (all-MiniLM-L6-v2: 128);
+    # lmforge pads batches itself and never cuts text silently.
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
 
 
 def _from_gpt2_files(folder: Path) -> Tokenizer:
