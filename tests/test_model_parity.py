@@ -121,15 +121,35 @@ def test_padded_batch_matches_hugging_face(pair):
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_explicit_attention_matches_sdpa(kv_heads):
+@pytest.mark.parametrize("kind", ["causal", "padding", "bias", "cached-causal"])
+def test_explicit_attention_matches_sdpa(kv_heads, kind):
     """The explicit-matmul attention that CPU bf16 training uses for short sequences is SDPA's
-    causal attention, grouped-query heads included."""
-    from lmforge.models.transformer import explicit_causal_attention
+    attention: causal, with a key-padding mask, with an additive (T5) bias and a custom scale,
+    and causal for queries after cached keys; grouped-query heads included."""
+    from lmforge.models.transformer import explicit_attention
 
-    q = torch.randn(2, 4, 16, 8)
-    k, v = torch.randn(2, kv_heads, 16, 8), torch.randn(2, kv_heads, 16, 8)
-    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv_heads != 4)
-    torch.testing.assert_close(explicit_causal_attention(q, k, v), expected, atol=ATOL, rtol=0)
+    torch.manual_seed(0)
+    T, S = (5, 16) if kind == "cached-causal" else (16, 16)
+    q = torch.randn(2, 4, T, 8)
+    k, v = torch.randn(2, kv_heads, S, 8), torch.randn(2, kv_heads, S, 8)
+    gqa = kv_heads != 4
+    if kind == "causal":
+        expected = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        got = explicit_attention(q, k, v, causal=True)
+    elif kind == "padding":
+        mask = torch.ones(2, 1, 1, S, dtype=torch.bool)
+        mask[1, ..., 11:] = False
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        got = explicit_attention(q, k, v, mask)
+    elif kind == "bias":
+        bias = torch.randn(1, 4, T, S)
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0, enable_gqa=gqa)
+        got = explicit_attention(q, k, v, bias, scale=1.0)
+    else:
+        mask = torch.ones(T, S, dtype=torch.bool).tril(S - T)
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        got = explicit_attention(q, k, v, causal=True)
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
 
 
 def test_bf16_training_path_matches_fp32(monkeypatch):

@@ -205,7 +205,8 @@ def test_lr_schedules(schedule):
 
 def test_no_weight_decay_on_norms_biases_embeddings():
     model = GPT(preset("baby", n_layer=2))
-    decay, no_decay = param_groups(model, 0.1)
+    decay, no_decay = param_groups(model, TrainConfig(weight_decay=0.1))
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
     assert decayed and all(n.endswith("weight") and ("qkv" in n or "proj" in n or "fc" in n) for n in decayed)

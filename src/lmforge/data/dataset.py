@@ -232,6 +232,10 @@ class SequentialWindows:
         self.epoch, self.index = 0, 0
         self._order = self._make_order()
 
+    @property
+    def batches_per_epoch(self) -> int:
+        return -(-self.total // self.batch_size)
+
     def _make_order(self) -> np.ndarray:
         if not self.shuffle:
             return np.arange(self.total)

@@ -187,7 +187,8 @@ def _dequantized(gguf, reader, path: Path) -> dict[str, torch.Tensor]:
             unsupported.append(f"{t.name} ({t.tensor_type.name})")
             continue
         # F32 comes back as a view of the read-only memory map: copy it out.
-        array = np.array(array, dtype=np.float32, copy=t.tensor_type == gguf.GGMLQuantizationType.F32)
+        if t.tensor_type == gguf.GGMLQuantizationType.F32:
+            array = array.copy()
         tensors[t.name] = torch.from_numpy(array)
     if unsupported:
         raise CheckpointError(f"{path}: tensor types gguf cannot dequantize: {_listing(unsupported)}")
@@ -223,8 +224,6 @@ def _config(meta: dict, tensors: dict[str, torch.Tensor], arch: str, path: Path)
     if arch == "gpt2":
         # llama.cpp's converter writes GPT-2's tied head out as a copy of the embedding.
         tied = output is None or torch.equal(output, tensors["token_embd.weight"])
-        if tied:
-            tensors.pop("output.weight", None)
         values.update(_GPT2_STYLE, norm_eps=_f32(get("attention.layer_norm_epsilon", 1e-5)),
                       tie_embeddings=tied)
     else:
@@ -244,17 +243,18 @@ def _config(meta: dict, tensors: dict[str, torch.Tensor], arch: str, path: Path)
 
 def _read_rope_scaling(meta: dict, tensors: dict, arch: str, values: dict, path: Path) -> dict | None:
     kind = meta.get(f"{arch}.rope.scaling.type", "none")
-    factor = meta.get(f"{arch}.rope.scaling.factor", meta.get(f"{arch}.rope.scale_linear", 1.0))
-    factors = tensors.pop("rope_freqs.weight", None)
+    factors = tensors.get("rope_freqs.weight")
     if factors is not None and arch == "llama" and kind == "none":
-        return _llama3_scaling(factors, values, meta.get(f"{arch}.rope.scaling.original_context_length",
-                                                         8192), path)
-    if factors is not None or kind not in ("none", "linear"):
-        raise CheckpointError(f"{path}: RoPE scaling {'rope_freqs' if factors is not None else kind!r} "
-                              f"on {arch!r} is not supported (supported: linear, Llama 3 rope_freqs)")
-    if kind == "linear" or factor != 1.0:
-        return {"rope_type": "linear", "factor": _f32(factor)}
-    return None
+        old_len = meta.get(f"{arch}.rope.scaling.original_context_length", 8192)
+        return _llama3_scaling(factors, values, old_len, path)
+    if factors is None and kind == "none":
+        factor = meta.get(f"{arch}.rope.scale_linear", 1.0)  # older files' linear scaling
+        return None if factor == 1.0 else {"rope_type": "linear", "factor": _f32(factor)}
+    if factors is None and kind == "linear":
+        return {"rope_type": "linear", "factor": _f32(meta.get(f"{arch}.rope.scaling.factor", 1.0))}
+    what = "rope_freqs" if factors is not None else repr(kind)
+    raise CheckpointError(f"{path}: RoPE scaling {what} on {arch!r} is not supported "
+                          "(supported: linear, Llama 3 rope_freqs on llama)")
 
 
 def _llama3_scaling(factors: torch.Tensor, values: dict, old_len: int, path: Path) -> dict | None:
@@ -289,14 +289,18 @@ def _state(tensors: dict[str, torch.Tensor], cfg: ModelConfig, arch: str, path: 
     layout = _layout(cfg, arch)
     wanted = [name for pieces in layout.values() for name, _, _ in pieces]
     missing = [name for name in wanted if name not in tensors]
-    unexpected = sorted(set(tensors) - set(wanted))
+    # Read into the config instead: RoPE divisors, and a tied head's copy of the embedding.
+    derived = {"rope_freqs.weight"} | ({"output.weight"} if cfg.tie_embeddings else set())
+    unexpected = sorted(set(tensors) - set(wanted) - derived)
     if missing or unexpected:
         parts = ([f"missing tensors {_listing(missing)}"] if missing else []) + (
             [f"tensors lmforge has no place for: {_listing(unexpected)}"] if unexpected else [])
         raise CheckpointError(f"{path} ({arch}): {'; '.join(parts)}")
-    return {ours: torch.cat([_unpermute(tensors[name], heads) if heads else tensors[name]
-                             for name, _, heads in pieces])
-            for ours, pieces in layout.items()}
+    state = {}
+    for ours, pieces in layout.items():
+        parts = [_unpermute(tensors[name], heads) if heads else tensors[name] for name, _, heads in pieces]
+        state[ours] = parts[0] if len(parts) == 1 else torch.cat(parts)  # no copy of whole tensors
+    return state
 
 
 def _pre_tokenizer_type(meta: dict, path: Path) -> str:

@@ -21,7 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .transformer import KVCache, Block, init_weights, make_norm
+from .transformer import (KVCache, Block, explicit_attention, init_weights, make_norm,
+                          use_explicit_attention)
 
 
 def relative_position_bucket(relative_position: torch.Tensor, bidirectional: bool,
@@ -89,9 +90,12 @@ class CrossAttention(nn.Module):
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         k, v = memory
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0,
-                                           scale=self.scale, enable_gqa=self.n_kv_head != self.n_head)
+        dropout_p = self.dropout if self.training else 0.0
+        if use_explicit_attention(q, k):
+            y = explicit_attention(q, k, v, mask, scale=self.scale, dropout_p=dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                               scale=self.scale, enable_gqa=self.n_kv_head != self.n_head)
         return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, -1)))
 
 

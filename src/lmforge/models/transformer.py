@@ -63,21 +63,42 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 # Up to this many positions, bf16 attention on CPU trains faster as explicit batched matmuls than
 # through SDPA's flash kernel, whose CPU backward is slow (forward + backward measured on an
-# AVX512-BF16 CPU: 2.3x faster at T=256, 5x at T=64; about even at T=512, slower beyond). The
-# (B, H, T, T) probabilities kept for backward stay small at these lengths.
+# AVX512-BF16 CPU: 2.3x faster at T=256, 5x at T=64; about even at T=512, slower beyond; with an
+# additive bias, as T5's, 1.8x at T=128). The (B, H, T, S) probabilities kept for backward stay
+# small at these lengths.
 EXPLICIT_ATTENTION_MAX_LEN = 256
 
 
-def explicit_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                              dropout_p: float = 0.0) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + causal mask) v for q, k, v of shape (B, H, T, D); k and v may
-    have fewer (grouped-query) heads. The same math as SDPA's causal path."""
+def use_explicit_attention(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether :func:`explicit_attention` beats SDPA here: CPU, bf16, short sequences."""
+    return (q.dtype == torch.bfloat16 and q.device.type == "cpu"
+            and max(q.shape[2], k.shape[2]) <= EXPLICIT_ATTENTION_MAX_LEN)
+
+
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       mask: torch.Tensor | None = None, causal: bool = False,
+                       scale: float | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(scale * q k^T + mask) v for q (B, H, T, D) and k, v (B, H or fewer grouped-query
+    heads, S, D): SDPA's math, with ``mask`` boolean (True = attend) or an additive float bias
+    broadcastable to (B, H, T, S), and ``causal`` aligning the last query with the last key."""
     B, H, T, D = q.shape
+    S = k.shape[2]
     if k.shape[1] != H:
         k, v = (t.repeat_interleave(H // t.shape[1], dim=1) for t in (k, v))
-    causal = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
-    scores = torch.baddbmm(causal.expand(B * H, T, T), (q * D ** -0.5).flatten(0, 1),
-                           k.flatten(0, 1).transpose(1, 2))
+    bias = None
+    if causal:
+        bias = torch.full((T, S), float("-inf"), dtype=q.dtype, device=q.device).triu(S - T + 1)
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+        bias = mask.to(q.dtype) if bias is None else bias + mask.to(q.dtype)
+    scale = D ** -0.5 if scale is None else scale
+    q = (q * scale if scale != 1.0 else q).flatten(0, 1)
+    k_t = k.flatten(0, 1).transpose(1, 2)
+    if bias is None:
+        scores = torch.bmm(q, k_t)
+    else:
+        scores = torch.baddbmm(bias.expand(B, H, T, S).reshape(B * H, T, S), q, k_t)
     probs = F.dropout(torch.softmax(scores, dim=-1), dropout_p) if dropout_p else scores.softmax(-1)
     return torch.bmm(probs, v.flatten(0, 1)).view(B, H, T, D)
 
@@ -116,7 +137,7 @@ class KVCache:
 class Attention(nn.Module):
     """Multi-head / grouped-query attention through ``scaled_dot_product_attention`` (fused
     flash or memory-efficient kernels on CPU and GPU instead of an explicit T x T softmax);
-    short bf16 sequences on CPU use ``explicit_causal_attention``, faster there."""
+    short bf16 sequences on CPU use ``explicit_attention``, faster there."""
 
     def __init__(self, cfg: ModelConfig, layer: int, causal: bool = True):
         super().__init__()
@@ -144,9 +165,8 @@ class Attention(nn.Module):
         is_causal = self.causal and mask is None and cache is None
         if mask is not None and mask.is_floating_point():
             mask = mask.to(q.dtype)  # an additive bias (T5 positions) must match q under autocast
-        if (is_causal and self.scale is None and q.dtype == torch.bfloat16
-                and q.device.type == "cpu" and T <= EXPLICIT_ATTENTION_MAX_LEN):
-            y = explicit_causal_attention(q, k, v, dropout_p)
+        if use_explicit_attention(q, k):
+            y = explicit_attention(q, k, v, mask, is_causal, self.scale, dropout_p)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                                is_causal=is_causal, scale=self.scale,

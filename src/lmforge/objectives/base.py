@@ -5,6 +5,7 @@ what is being learned."""
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import torch
@@ -69,6 +70,25 @@ class Objective:
         """Extra validation metrics as (sum, count) pairs, averaged over the validation set
         (e.g. masked-token accuracy)."""
         return {}
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, batches: list, device: torch.device,
+                 autocast_ctx) -> dict[str, float]:
+        """Validation metrics over ready ``batches``: the mean loss (and its perplexity) and the
+        averaged ``eval_metrics``. Task objectives override this to score whole-set metrics
+        (F1, correlation, ...) from gathered predictions. ``autocast_ctx()`` gives the run's
+        autocast context."""
+        losses, sums = [], {}
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast_ctx():
+                losses.append(self.loss(model, batch).item())
+                for name, (total, count) in self.eval_metrics(model, batch).items():
+                    acc = sums.setdefault(name, [0.0, 0])
+                    acc[0], acc[1] = acc[0] + total, acc[1] + count
+        val = float(sum(losses) / max(len(losses), 1))
+        extra = {f"val_{name}": total / max(count, 1) for name, (total, count) in sums.items()}
+        return {"val_loss": val, "val_ppl": math.exp(min(val, 50.0)), **extra}
 
     def log_metrics(self) -> dict[str, float]:
         """Counters to log with the training loss (e.g. how many pairs were truncated)."""

@@ -152,6 +152,12 @@ def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer) -> tuple[dict
     return state, tensors
 
 
+def load_model_weights(ckpt: Path, model: torch.nn.Module) -> None:
+    """Verify a checkpoint and load only its model weights (e.g. the best one, for export)."""
+    verify(ckpt)
+    load_model_state(model, load_weights(ckpt / "model.safetensors"), str(ckpt))
+
+
 def prune(ckpt_root: Path, keep_last: int, keep: set[str]) -> None:
     """Delete all but the newest ``keep_last`` step folders and those named in ``keep``."""
     found = list_checkpoints(ckpt_root)

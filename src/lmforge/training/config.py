@@ -26,6 +26,8 @@ class TrainConfig:
     batch_size: int = _help("sequences per micro-batch", 16)
     grad_accum: int = _help("micro-batches per optimizer step", 1)
     max_steps: int = _help("optimizer steps to train for", 1000)
+    epochs: float | None = _help("train for this many passes over the training set instead of "
+                                 "max_steps (fine-tuning; evaluates each epoch unless eval_interval is set)", None)
     sampling: str = _help("random windows or sequential epochs", "random")
     optimizer: str = _help("adamw or sgd", "adamw")
     lr: float = _help("peak learning rate", 6e-4)
@@ -39,6 +41,9 @@ class TrainConfig:
     eps: float = _help("AdamW epsilon", 1e-8)
     momentum: float = _help("SGD momentum", 0.9)
     grad_clip: float = _help("clip the global gradient norm to this (0 = off)", 1.0)
+    head_lr: float | None = _help("learning rate of a task head (default: lr)", None)
+    layer_decay: float = _help("layer-wise LR decay: block i of L trains at lr * decay^(L - i) "
+                               "(embeddings at decay^(L + 1)); 1 = off", 1.0)
     dropout: float | None = _help("override the model's dropout", None)
     precision: str = _help("auto, fp32, bf16 (autocast) or fp16 (CUDA, with GradScaler)", "auto")
     compile: bool = _help("torch.compile the model", False)
@@ -50,6 +55,10 @@ class TrainConfig:
     log_interval: int = _help("log train loss every N steps", 10)
     save_interval: int = _help("checkpoint every N steps (0 = at evaluations and the end)", 0)
     keep_last: int = _help("checkpoints to keep besides the best-by-validation one", 2)
+    best_metric: str = _help("validation metric that picks the best checkpoint and drives early "
+                             "stopping (losses and perplexities: lower is better; others: higher)", "val_loss")
+    patience: int = _help("stop after this many evaluations without a better best_metric (0 = off)", 0)
+    export_best: bool = _help("export the best checkpoint's weights as the run's model (default: the last)", False)
     peak_tflops: float = _help("device peak TFLOP/s for the MFU estimate (0 = measure/guess)", 0.0)
     tensorboard: bool = _help("write TensorBoard event files", True)
     progress: bool = _help("show a progress bar", True)
@@ -60,7 +69,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config field '{name}' must be a positive integer, got {getattr(self, name)}")
-        for name in ("eval_interval", "save_interval", "warmup_steps", "threads"):
+        for name in ("eval_interval", "save_interval", "warmup_steps", "threads", "patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"config field '{name}' must be >= 0, got {getattr(self, name)}")
         if self.block_size is not None and self.block_size <= 0:
@@ -84,6 +93,20 @@ class TrainConfig:
             raise ConfigError(f"config field 'grad_clip' must be >= 0, got {self.grad_clip}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError(f"config field 'dropout' must be in [0, 1), got {self.dropout}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ConfigError(f"config field 'epochs' must be positive, got {self.epochs}")
+        if self.head_lr is not None and not self.head_lr > 0:
+            raise ConfigError(f"config field 'head_lr' must be positive, got {self.head_lr}")
+        if not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"config field 'layer_decay' must be in (0, 1], got {self.layer_decay}")
+        if not self.best_metric.startswith("val_"):
+            raise ConfigError(f"config field 'best_metric' must name a validation metric "
+                              f"(val_loss, val_accuracy, ...), got {self.best_metric!r}")
         if not self.data:
             raise ConfigError("config field 'data' is required: a folder made by `lmforge prepare`")
         return self
+
+    @property
+    def best_is_lower(self) -> bool:
+        """Whether a lower ``best_metric`` is better (losses, perplexities, error rates)."""
+        return any(word in self.best_metric for word in ("loss", "ppl", "perplexity", "error"))

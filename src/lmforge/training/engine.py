@@ -63,6 +63,8 @@ def build_model_for(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
 class Trainer:
     """Builds model, objective, data, optimizer, logger and checkpointer; ``fit()`` trains."""
 
+    command = "pretrain"  # the CLI command that resumes this kind of run
+
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False):
         self.cfg = cfg.validate()
         self.run_dir = Path(cfg.out_dir)
@@ -73,36 +75,30 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         seed_everything(cfg.seed)
-
-        self.train_data = TokenShards(cfg.data, "train")
-        self.val_data = self._optional_split("val")
-        self.tokenizer_file = Path(cfg.data) / "tokenizer.json"
-        self.model = build_model_for(cfg, self.train_data.vocab_size)
-        self._check_compatible()
+        # Data, model and objective; the tokenizer (file or object) and its config go with
+        # the exported model.
+        self.tokenizer_config: dict = {}
+        self._setup()
         mcfg: ModelConfig = self.model.config
         self.block_size = cfg.block_size or min(512, mcfg.context_length)
         if self.block_size > mcfg.context_length:
             raise ConfigError(f"config field 'block_size' ({self.block_size}) is larger than the "
                               f"model context ({mcfg.context_length}); lower it or raise "
                               "--context_length for a new model")
-        tokenizer = None
-        if self.tokenizer_file.is_file():
-            from ..tokenization import load_tokenizer
-            tokenizer = load_tokenizer(self.tokenizer_file)
-        self.objective = get_objective(cfg.objective, tokenizer=tokenizer, meta=self.train_data.meta,
-                                       **(cfg.objective_args or {}))
         self.objective.check_model(self.model)
         self.model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.sampler = self.objective.train_sampler(self.train_data, self.block_size,
                                                     cfg.batch_size, cfg.seed, cfg.sampling)
+        if cfg.epochs is not None:
+            self._steps_from_epochs()
         self.val_batches = (self.objective.eval_batches(self.val_data, self.block_size,
                                                         cfg.batch_size, cfg.eval_batches)
                             if self.val_data is not None else None)
         self.forward_model = torch.compile(self.model) if cfg.compile else self.model
         self.step, self.tokens_seen = 0, 0
-        self.best_val, self.best_step = math.inf, None
+        self.best_val, self.best_step, self.evals_since_best = math.inf, None, 0
         self._stop_signal = None
         if resume:
             self._resume()
@@ -110,6 +106,22 @@ class Trainer:
             save_yaml(self._resolved_config(), self.run_dir / CONFIG_FILE)
 
     # ---- set-up -------------------------------------------------------------------------
+    def _setup(self) -> None:
+        """Pretraining: shards from ``cfg.data``, a preset or pretrained model, the objective."""
+        cfg = self.cfg
+        self.train_data = TokenShards(cfg.data, "train")
+        self.val_data = self._optional_split("val")
+        self.tokenizer_file = Path(cfg.data) / "tokenizer.json"
+        self.model = build_model_for(cfg, self.train_data.vocab_size)
+        self._check_compatible()
+        tokenizer = None
+        if self.tokenizer_file.is_file():
+            from ..tokenization import load_tokenizer
+            tokenizer = load_tokenizer(self.tokenizer_file)
+        self.export_tokenizer = self.tokenizer_file if self.tokenizer_file.is_file() else None
+        self.objective = get_objective(cfg.objective, tokenizer=tokenizer, meta=self.train_data.meta,
+                                       **(cfg.objective_args or {}))
+
     def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
         if resume:
             if not (self.run_dir / CONFIG_FILE).is_file():
@@ -143,6 +155,17 @@ class Trainer:
                     raise DataError(f"tokenizer/shard mismatch: dataset {self.cfg.data} was tokenized "
                                     f"with a different tokenizer than model {self.cfg.model}")
 
+    def _steps_from_epochs(self) -> None:
+        """max_steps (and, unless set, eval_interval: once per epoch) from ``epochs``."""
+        per_epoch = getattr(self.sampler, "batches_per_epoch", None)
+        if per_epoch is None:
+            raise ConfigError("config field 'epochs' needs a finite training set: use it for "
+                              "fine-tuning or with --sampling sequential")
+        steps_per_epoch = max(1, per_epoch // self.cfg.grad_accum)
+        self.cfg.max_steps = max(1, math.ceil(self.cfg.epochs * steps_per_epoch))
+        if not self.cfg.eval_interval:
+            self.cfg.eval_interval = steps_per_epoch
+
     def _resolved_config(self) -> dict:
         data = dataclasses.asdict(self.cfg)
         data["block_size"] = self.block_size
@@ -161,8 +184,10 @@ class Trainer:
         if saved_model != self.model.config:
             raise CheckpointError(f"checkpoint {latest} is of another architecture than this run's config")
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-        self.best_val = state.get("best_val", math.inf) or math.inf
+        best = state.get("best_val")
+        self.best_val = math.inf if best is None else best
         self.best_step = state.get("best_step")
+        self.evals_since_best = state.get("evals_since_best", 0)
         ckpt.set_rng_state(state["rng"], tensors)
         data_state = dict(state["data"])
         if data_state["kind"] == "random":
@@ -180,7 +205,7 @@ class Trainer:
         cfg = self.cfg
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         total = 0.0
         for _ in range(cfg.grad_accum):
             batch = self.objective.make_batch(self.sampler.next_batch())
@@ -207,22 +232,21 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean validation loss over the fixed validation batches, and its perplexity."""
+        """The objective's validation metrics (by default the mean loss over the fixed
+        validation batches, its perplexity and averaged extras such as MLM accuracy)."""
         if self.val_batches is None:
             return {}
         self.model.eval()
-        losses, sums = [], {}
-        for batch in self.val_batches:
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            with autocast(self.device, self.precision):
-                losses.append(self.objective.loss(self.forward_model, batch).item())
-                for name, (total, count) in self.objective.eval_metrics(self.forward_model, batch).items():
-                    acc = sums.setdefault(name, [0.0, 0])
-                    acc[0], acc[1] = acc[0] + total, acc[1] + count
-        self.model.train()
-        val = float(np.mean(losses))
-        extra = {f"val_{name}": total / max(count, 1) for name, (total, count) in sums.items()}
-        return {"val_loss": val, "val_ppl": math.exp(min(val, 50.0)), **extra}
+        try:
+            return self.objective.evaluate(self.forward_model, self.val_batches, self.device,
+                                           lambda: autocast(self.device, self.precision))
+        finally:
+            self.model.train()
+
+    def _improved(self, value: float) -> bool:
+        if math.isinf(self.best_val):
+            return True
+        return value < self.best_val if self.cfg.best_is_lower else value > self.best_val
 
     def save(self) -> Path:
         json_rng, tensors = ckpt.rng_state()
@@ -237,7 +261,8 @@ class Trainer:
                 objective_state[key] = value
         state = {"step": self.step, "tokens_seen": self.tokens_seen,
                  "best_val": None if math.isinf(self.best_val) else self.best_val,
-                 "best_step": self.best_step, "rng": json_rng, "data": data_state,
+                 "best_step": self.best_step, "evals_since_best": self.evals_since_best,
+                 "rng": json_rng, "data": data_state,
                  "objective": objective_state,
                  "model_config": self.model.config.to_dict(),
                  "config": dataclasses.asdict(self.cfg), "lmforge_version": __version__}
@@ -298,8 +323,20 @@ class Trainer:
                                     if k not in ("val_loss", "val_ppl"))
                     progress.write(f"step {self.step}: val loss {val['val_loss']:.4f}, "
                                    f"ppl {val['val_ppl']:.2f}{extra}")
-                    if val["val_loss"] < self.best_val:
-                        self.best_val, self.best_step = val["val_loss"], self.step
+                    if cfg.best_metric not in val:
+                        raise ConfigError(f"config field 'best_metric' is {cfg.best_metric!r}, but "
+                                          f"validation reports only {', '.join(val)}")
+                    if self._improved(val[cfg.best_metric]):
+                        self.best_val, self.best_step = val[cfg.best_metric], self.step
+                        self.evals_since_best = 0
+                    else:
+                        self.evals_since_best += 1
+                        if cfg.patience and self.evals_since_best >= cfg.patience:
+                            progress.write(f"early stopping at step {self.step}: {cfg.best_metric} "
+                                           f"has not improved on {self.best_val:.4f} (step "
+                                           f"{self.best_step}) for {cfg.patience} evaluations")
+                            self.save()
+                            break
                 save_due = cfg.save_interval and self.step % cfg.save_interval == 0
                 if last or save_due or (not cfg.save_interval and evaluate):
                     self.save()
@@ -313,15 +350,20 @@ class Trainer:
         if interrupted:
             self.save()
             progress.write(f"interrupted at step {self.step}: checkpoint saved; continue with "
-                           f"`lmforge pretrain --resume {self.run_dir}`")
+                           f"`lmforge {self.command} --resume {self.run_dir}`")
+        best = None if math.isinf(self.best_val) else self.best_val
+        if cfg.export_best and self.best_step is not None and self.best_step != self.step:
+            ckpt.load_model_weights(self.ckpt_dir / f"step-{self.best_step:08d}", self.model)
+            progress.write(f"exporting the best checkpoint (step {self.best_step}, "
+                           f"{cfg.best_metric} {best:.4f})")
         self.export()
         return {**metrics, "step": self.step, "interrupted": interrupted,
-                "best_val_loss": None if math.isinf(self.best_val) else self.best_val}
+                f"best_{cfg.best_metric}": best, "best_step": self.best_step}
 
     def export(self) -> Path:
         """The usable model folder (``RUN_DIR/model``) and the loss curve PNG."""
-        out = save_pretrained(self.model, self.run_dir / "model",
-                              self.tokenizer_file if self.tokenizer_file.is_file() else None)
+        out = save_pretrained(self.model, self.run_dir / "model", self.export_tokenizer,
+                              tokenizer_config=self.tokenizer_config)
         try:
             plot_loss(self.run_dir)
         except DataError:

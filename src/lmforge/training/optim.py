@@ -9,22 +9,28 @@ import torch
 from .config import TrainConfig
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     """Decay matrices of Linear layers only; norms, biases and embeddings are not decayed
-    (decaying them shrinks scales and token vectors toward zero for no regularization gain)."""
+    (decaying them shrinks scales and token vectors toward zero for no regularization gain).
+    A model with ``lr_scale(name, cfg)`` (task models: head learning rate, layer-wise decay)
+    gets one group per scale; ``lr_scale`` rides along in the group."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    decay, no_decay, seen = [], [], set()
-    for p in model.parameters():
+    scale_of = getattr(model, "lr_scale", None)
+    groups: dict[tuple[bool, float], list] = {}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+        decay = p.dim() >= 2 and id(p) not in embeddings
+        scale = float(scale_of(name, cfg)) if scale_of is not None else 1.0
+        groups.setdefault((decay, scale), []).append(p)
+    return [{"params": params, "weight_decay": cfg.weight_decay if decay else 0.0, "lr_scale": scale}
+            for (decay, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     # The fused kernel updates all parameters in one pass (CPU and CUDA), far fewer launches.

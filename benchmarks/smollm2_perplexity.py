@@ -1,0 +1,84 @@
+"""SmolLM2-135M-Instruct (dequantized from its Q4_1 GGUF file) perplexity on the shared
+WikiText-2 validation file and on Tiny Shakespeare, computed by lmforge and by transformers'
+LlamaForCausalLM on the same weights with the same sliding windows (they must agree).
+
+Each text is scored as one document after SmolLM2's <|endoftext|>; windows of 1024 tokens start
+512 apart, each scoring the tokens the previous one did not (Hugging Face's perplexity recipe).
+Perplexity = exp(-mean natural-log probability per token). fp32.
+
+    python benchmarks/smollm2_perplexity.py [--max-tokens N] [--save]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_generate import gguf_path  # noqa: E402
+from bench_train import publish  # noqa: E402
+
+from lmforge.evaluation.scoring import token_logprobs  # noqa: E402
+from lmforge.interop.hf import export_hf  # noqa: E402
+from lmforge.models.io import load_model  # noqa: E402
+from lmforge.tokenization import eos_token_id  # noqa: E402
+
+CORPORA = Path(__file__).resolve().parents[2] / "shared/data/corpora"
+
+
+class HFCausalLM(torch.nn.Module):
+    """transformers' model behind lmforge's call signature, so both are scored by one function."""
+
+    def __init__(self, hf, config):
+        super().__init__()
+        self.hf, self.config = hf, config
+
+    def forward(self, ids):
+        return self.hf(ids).logits
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--max-tokens", type=int, default=0, help="score only the first N tokens (0: all)")
+    ap.add_argument("--save", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    from transformers import AutoModelForCausalLM
+
+    ours, tok, _ = load_model(gguf_path())
+    folder = Path(tempfile.mkdtemp()) / "smollm2-hf"
+    export_hf(ours, tok, folder)
+    theirs = HFCausalLM(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), ours.config)
+    rows = []
+    for name, text in (("wikitext2_tokenized_valid.txt", (CORPORA / "wikitext2_tokenized_valid.txt").read_text()),
+                       ("tinyshakespeare.txt", (CORPORA / "tinyshakespeare.txt").read_text())):
+        ids = [eos_token_id(tok)] + tok.encode(text, add_special_tokens=False).ids
+        if args.max_tokens:
+            ids = ids[:args.max_tokens + 1]
+        result = []
+        for who, model in (("lmforge", ours), ("transformers", theirs)):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                lp = token_logprobs(model, ids, stride=512, max_length=1024)
+            result.append((math.exp(-lp.mean().item()), time.perf_counter() - t0, lp))
+        diff = (result[0][2] - result[1][2]).abs().max().item()
+        rows.append((name, len(ids) - 1, result[0][0], result[1][0], diff, result[0][1], result[1][1]))
+    report = ("| text | tokens scored | lmforge ppl | transformers ppl | max abs diff of token log-probs "
+              "| lmforge time | transformers time |\n|---|---:|---:|---:|---:|---:|---:|\n")
+    for name, n, p_ours, p_hf, diff, t_ours, t_hf in rows:
+        report += f"| {name} | {n:,} | {p_ours:.3f} | {p_hf:.3f} | {diff:.1e} | {t_ours:.0f} s | {t_hf:.0f} s |\n"
+    import transformers
+    env = (f"{platform.machine()}, torch {torch.__version__}, transformers {transformers.__version__}, 2 threads, "
+           "fp32; windows of 1024 tokens, stride 512.")
+    publish(report, "SmolLM2-135M-Instruct perplexity (GGUF Q4_1, dequantized)", env, args.save)
+
+
+if __name__ == "__main__":
+    main()
