@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
+import math
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import Tokenizer, models
 
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.generation.sampling import generate
-from lmforge.interop.gguf import load_gguf, read_gguf, write_gguf
+from lmforge.interop.gguf import PRE_TOKENIZERS, load_gguf, read_gguf, write_gguf
 from lmforge.models import GPT, ModelConfig, preset
 from lmforge.models.io import build_model, load_model_state, model_state
+from lmforge.models.transformer import apply_rope, rope_cos_sin
 from lmforge.tokenization import train_tokenizer
 
 gguf = pytest.importorskip("gguf")
@@ -38,9 +42,11 @@ STYLES = {
     "qwen2": dict(SMALL, n_kv_head=2, intermediate_size=96, qkv_bias=True,
                   rope_scaling={"rope_type": "linear", "factor": 2.0}, **LLAMA),
 }
-CASES = [(s, d) for s in STYLES for d in ("f32", "f16", "q8_0") if d == "f32" or s in ("gpt2", "llama-gqa")]
-TOKENIZER_CONFIG = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
-                    "chat_template": "{% for m in messages %}{{ m['content'] }}<|endoftext|>{% endfor %}"}
+CASES = [(style, dtype) for style in STYLES for dtype in ("f32", "f16", "q8_0")
+         if dtype == "f32" or style in ("gpt2", "llama-gqa")]
+TOKENIZER_CONFIG = {
+    "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+    "chat_template": "{% for m in messages %}{{ m['content'] }}<|endoftext|>{% endfor %}"}
 
 
 def assert_one_line(exc_info, *needles: str) -> None:
@@ -73,9 +79,11 @@ def test_smollm2_reads_with_published_config_and_answers_paris(smollm2):
     _, gg, model = smollm2
     cfg = gg.config
     assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim) == (30, 576, 9, 3, 64)
-    assert (cfg.intermediate_size, cfg.vocab_size, cfg.rope_base, cfg.norm_eps) == (1536, 49152, 1e5, 1e-5)
+    assert (cfg.intermediate_size, cfg.vocab_size) == (1536, 49152)
+    assert (cfg.rope_base, cfg.norm_eps) == (1e5, 1e-5)
     assert cfg.tie_embeddings and not cfg.bias and cfg.rope_scaling is None
-    assert (cfg.pos_embedding, cfg.norm, cfg.mlp, cfg.activation) == ("rope", "rmsnorm", "swiglu", "silu")
+    assert (cfg.pos_embedding, cfg.norm, cfg.mlp, cfg.activation) == (
+        "rope", "rmsnorm", "swiglu", "silu")
     assert gg.metadata["architecture"] == "llama" and gg.metadata["file_type"] == "MOSTLY_Q4_1"
     assert "lm_head.weight" not in gg.state
     assert all(t.dtype == torch.float32 for t in gg.state.values())
@@ -88,19 +96,21 @@ def test_smollm2_reads_with_published_config_and_answers_paris(smollm2):
 
 
 def test_smollm2_logits_match_transformers(smollm2, shared_data):
-    """The same dequantized weights in transformers' Llama give the same fp32 logits: the q/k
-    permutation is undone and the architecture read right."""
+    """The same dequantized weights in transformers' Llama give the same fp32 logits: the
+    architecture (GQA, SwiGLU, RoPE base, norm eps, tied head) is read right. The q/k row order
+    is the next test's job: both models here get the same rows."""
     T = pytest.importorskip("transformers")
     _, gg, model = smollm2
     cfg, s = gg.config, gg.state
     try:
-        from transformers.initialization import no_init_weights  # skip a random init of 135M weights
+        from transformers.initialization import no_init_weights  # skips 135M random inits
     except ImportError:
         no_init_weights = contextlib.nullcontext
     with no_init_weights():
         hf = T.LlamaForCausalLM(T.LlamaConfig(
-            vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.intermediate_size,
-            num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+            vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd,
+            intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.n_layer,
+            num_attention_heads=cfg.n_head,
             num_key_value_heads=cfg.n_kv_head, head_dim=cfg.head_dim,
             max_position_embeddings=cfg.context_length, rms_norm_eps=cfg.norm_eps,
             rope_theta=cfg.rope_base, tie_word_embeddings=True, attn_implementation="eager"))
@@ -126,13 +136,47 @@ def test_smollm2_logits_match_transformers(smollm2, shared_data):
     assert (ours_logits - hf_logits).abs().max().item() <= 1e-4
 
 
+def test_smollm2_rope_layout_matches_llama_cpp(smollm2):
+    """llama.cpp's "llama" rotates consecutive pairs of each q/k head (ggml rope mode 0) of the
+    file's rows; lmforge rotates the two halves of its rows. Equal attention scores mean the
+    row permutation is undone right."""
+    path, gg, _ = smollm2
+    cfg = gg.config
+    raw = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    file_q, file_k = (torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type)).double()
+                      for t in (raw["blk.0.attn_q.weight"], raw["blk.0.attn_k.weight"]))
+    q_rows, kv_rows = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+    qkv = gg.state["blocks.0.attn.qkv.weight"].double()
+    our_q, our_k, _ = qkv.split([q_rows, kv_rows, kv_rows])
+    x = torch.randn(cfg.n_embd, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    theta = cfg.rope_base ** (-torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim)
+
+    def llama_cpp_rope(v, pos):  # pairs (2i, 2i + 1) turned by pos * theta_i
+        a, b = v[..., 0::2], v[..., 1::2]
+        cos, sin = (pos * theta).cos(), (pos * theta).sin()
+        return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
+
+    def lmforge_rope(v, pos):
+        cos, sin = rope_cos_sin(theta, torch.tensor([[pos]]), torch.float64)
+        return apply_rope(v[None, None], cos, sin)[0, 0]
+
+    def scores(rope, wq, wk):  # q at position 7 against k at position 3, every head
+        q = rope((wq @ x).view(cfg.n_head, cfg.head_dim), 7)
+        k = rope((wk @ x).view(cfg.n_kv_head, cfg.head_dim), 3)
+        return (q * k.repeat_interleave(cfg.n_head // cfg.n_kv_head, dim=0)).sum(-1)
+
+    ours, llama_cpp = scores(lmforge_rope, our_q, our_k), scores(llama_cpp_rope, file_q, file_k)
+    assert torch.allclose(ours, llama_cpp, rtol=1e-9)
+
+
 def corpus_samples(shared_data: Path) -> list[str]:
     """A few thousand characters of each shared corpus, plus a chat turn with control tokens."""
     corpora = shared_data / "corpora"
     texts = [(corpora / name).read_text(encoding="utf-8")[:4000]
              for name in ("tinyshakespeare.txt", "fortunes.txt", "wikitext2_tokenized_valid.txt")]
     speeches = sorted((corpora / "state_union").glob("*.txt"))  # Latin-1 files
-    texts += [p.read_text(encoding="latin-1")[:3000] for p in (speeches[0], speeches[len(speeches) // 2], speeches[-1])]
+    texts += [p.read_text(encoding="latin-1")[:3000]
+              for p in (speeches[0], speeches[len(speeches) // 2], speeches[-1])]
     texts.append("<|im_start|>user\nWhat is 12345 + 678?<|im_end|>\n<|im_start|>assistant\n")
     return texts
 
@@ -149,8 +193,9 @@ def test_smollm2_tokenizer_matches_transformers_gguf_tokenizer(smollm2, shared_d
 
     path, gg, _ = smollm2
     hf_tok = T.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    hf_tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    hf_tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
     for text in corpus_samples(shared_data):
         ids = gg.tokenizer.encode(text).ids
         assert ids == hf_tok(text, add_special_tokens=False)["input_ids"], text[:60]
@@ -159,9 +204,11 @@ def test_smollm2_tokenizer_matches_transformers_gguf_tokenizer(smollm2, shared_d
 
 
 def test_smollm_pre_tokenizer_splits_like_llama_cpp(smollm2, shared_data):
-    """llama.cpp's "smollm" pre-tokenizer (llama-vocab.cpp): each digit alone, then GPT-2's regex."""
+    """llama.cpp's "smollm" pre-tokenizer (llama-vocab.cpp): each digit alone, then GPT-2's
+    regex on what is between."""
     regex = pytest.importorskip("regex")
-    gpt2 = regex.compile(r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+")
+    gpt2 = regex.compile(r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+"
+                         r"|\s+(?!\S)|\s+")
     _, gg, _ = smollm2
     for text in corpus_samples(shared_data)[:-1]:
         expected = [piece for part in regex.split(r"(\p{N})", text) for piece in gpt2.findall(part)]
@@ -177,7 +224,8 @@ def test_write_read_round_trip(style, dtype, small_bpe, shakespeare_ids, tmp_pat
                       tokenizer_config=TOKENIZER_CONFIG)
     gg = read_gguf(path)
     assert gg.metadata["architecture"] == ("qwen2" if style == "qwen2" else style.split("-")[0])
-    assert gg.metadata["file_type"] == {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}[dtype]
+    file_types = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}
+    assert gg.metadata["file_type"] == file_types[dtype]
 
     want, got = model.config.to_dict(), gg.config.to_dict()
     want_scaling, got_scaling = want.pop("rope_scaling"), got.pop("rope_scaling")
@@ -192,7 +240,8 @@ def test_write_read_round_trip(style, dtype, small_bpe, shakespeare_ids, tmp_pat
     assert gg.state.keys() == state.keys()
     for name, tensor in state.items():
         back = gg.state[name]
-        if dtype == "f32" or tensor.ndim == 1 or name == "wpe.weight":  # f32 in every file, as llama.cpp
+        # Norms, biases and positions stay f32 in every file type, as llama.cpp keeps them.
+        if dtype == "f32" or tensor.ndim == 1 or name == "wpe.weight":
             assert torch.equal(back, tensor), name
         elif dtype == "f16":
             assert torch.equal(back, tensor.half().float()), name
@@ -208,10 +257,70 @@ def test_write_read_round_trip(style, dtype, small_bpe, shakespeare_ids, tmp_pat
 
     text = "ROMEO: 1234 <|endoftext|>But, soft! what light?\n"
     assert tok.encode(text).ids == small_bpe.encode(text).ids
-    assert tok.get_vocab_size(with_added_tokens=True) == small_bpe.get_vocab_size(with_added_tokens=True)
+    assert tok.get_vocab_size(True) == small_bpe.get_vocab_size(True)  # [PAD] rows dropped
     for key, value in TOKENIZER_CONFIG.items():
         assert tok_config[key] == value
     assert tok_config["model_max_length"] == model.config.context_length
+
+
+def test_rope_scaling_is_written_as_llama_cpp_expects(small_bpe, tmp_path):
+    """Llama 3 scaling becomes convert_hf_to_gguf.py's per-frequency divisors (rope_freqs);
+    linear scaling becomes rope.scaling.type and .factor."""
+    cfg = ModelConfig(**STYLES["llama-untied-llama3"])
+    reader = gguf.GGUFReader(write_gguf(GPT(cfg), small_bpe, tmp_path / "llama3.gguf", dtype="f32"))
+    written = next(torch.from_numpy(t.data.copy()) for t in reader.tensors
+                   if t.name == "rope_freqs.weight")
+    s = cfg.rope_scaling
+    factor, low, high, old = (s["factor"], s["low_freq_factor"], s["high_freq_factor"],
+                              s["original_max_position_embeddings"])
+    expected = []
+    freqs = 1.0 / cfg.rope_base ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim)
+    for freq in freqs.tolist():  # transcribed from LlamaModel.generate_extra_tensors
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / high:
+            expected.append(1.0)
+        elif wavelen > old / low:
+            expected.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            expected.append(1 / ((1 - smooth) / factor + smooth))
+    assert 1.0 < min(e for e in expected if e > 1) < factor  # the blended band is exercised
+    assert torch.allclose(written, torch.tensor(expected), rtol=1e-5)
+
+    reader = gguf.GGUFReader(write_gguf(GPT(ModelConfig(**STYLES["qwen2"])), small_bpe,
+                                        tmp_path / "qwen2.gguf", dtype="f32"))
+    assert reader.fields["qwen2.rope.scaling.type"].contents() == "linear"
+    assert reader.fields["qwen2.rope.scaling.factor"].contents() == 2.0
+
+
+def test_transformers_reads_written_tokenizer(small_bpe, shakespeare, tmp_path):
+    T = pytest.importorskip("transformers")
+    path = write_gguf(GPT(ModelConfig(**STYLES["gpt2"])), small_bpe, tmp_path / "m.gguf",
+                      dtype="f16", tokenizer_config=TOKENIZER_CONFIG)
+    hf_tok = T.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    text = shakespeare.read_text(encoding="utf-8")[:3000] + "<|endoftext|> 1234\n\n5"
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == small_bpe.encode(text).ids
+    assert hf_tok.eos_token == "<|endoftext|>"
+    assert hf_tok.chat_template == TOKENIZER_CONFIG["chat_template"]
+
+
+@pytest.mark.parametrize("style,overrides", [
+    ("llama-gqa", {}), ("llama-untied-llama3", {"rope_scaling": None}),
+    ("qwen2", {"rope_scaling": None}),
+    # transformers' GPT-2 ignores GGUF's context and feed-forward sizes: give it GPT-2's defaults
+    ("gpt2", {"context_length": 1024, "intermediate_size": 256})])
+def test_transformers_loads_written_files_with_same_logits(style, overrides, small_bpe,
+                                                           shakespeare_ids, tmp_path):
+    """An independent reader: transformers' GGUF loader (with its own q/k un-permutation) gets our
+    logits. It reads no RoPE scaling, hence none here."""
+    T = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")  # transformers loads GGUF weights only with it
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**{**STYLES[style], **overrides})).eval()
+    path = write_gguf(model, small_bpe, tmp_path / "model.gguf", dtype="f32")
+    hf = T.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name).eval()
+    with torch.no_grad():
+        assert (hf(shakespeare_ids).logits - model(shakespeare_ids)).abs().max().item() <= 1e-5
 
 
 def test_smollm2_tokenizer_survives_writing(smollm2, tmp_path):
@@ -230,6 +339,25 @@ def test_smollm2_tokenizer_survives_writing(smollm2, tmp_path):
     assert back.tokenizer.encode(text).ids == gg.tokenizer.encode(text).ids
 
 
+@pytest.mark.parametrize("pre", ["llama-bpe", "qwen2"])
+def test_llama3_and_qwen2_pipelines_round_trip(pre, small_bpe, tmp_path):
+    """A byte-level BPE with Llama 3's (regex split, ignore_merges) or Qwen2's (NFC, regex
+    split) pipeline is written under that tokenizer.ggml.pre name and reads back the same."""
+    normalizer, pre_tokenizer, ignore_merges = PRE_TOKENIZERS[pre]()
+    probe = Tokenizer(models.BPE())
+    probe.normalizer, probe.pre_tokenizer = normalizer, pre_tokenizer
+    spec, parts = json.loads(small_bpe.to_str()), json.loads(probe.to_str())
+    spec.update(normalizer=parts["normalizer"], pre_tokenizer=parts["pre_tokenizer"])
+    spec["model"]["ignore_merges"] = ignore_merges
+    tok = Tokenizer.from_str(json.dumps(spec))
+    path = write_gguf(GPT(ModelConfig(**STYLES["llama-gqa"])), tok, tmp_path / "m.gguf",
+                      dtype="f32")
+    back = read_gguf(path)
+    assert back.metadata["tokenizer.ggml.pre"] == pre
+    text = "Ｆｕｌｌ-width and cafe\u0301 12345 don't  stop\n\n  now"
+    assert back.tokenizer.encode(text).ids == tok.encode(text).ids
+
+
 def test_non_gguf_and_truncated_files_are_refused_in_one_line(small_bpe, tmp_path):
     text_file = tmp_path / "notes.gguf"
     text_file.write_text("not a model\n")
@@ -240,7 +368,8 @@ def test_non_gguf_and_truncated_files_are_refused_in_one_line(small_bpe, tmp_pat
         read_gguf(tmp_path / "absent.gguf")
     assert_one_line(exc_info, "not found")
 
-    path = write_gguf(GPT(ModelConfig(**STYLES["gpt2"])), small_bpe, tmp_path / "m.gguf", dtype="f32")
+    path = write_gguf(GPT(ModelConfig(**STYLES["gpt2"])), small_bpe, tmp_path / "m.gguf",
+                      dtype="f32")
     data = path.read_bytes()
     for cut in (len(data) // 2, 200):  # inside the tensor data, inside the metadata
         path.write_bytes(data[:cut])
@@ -274,6 +403,16 @@ def test_unsupported_architecture_and_missing_tensors_are_refused(tmp_path):
     assert_one_line(exc_info, "missing tensors", "blk.0.attn_q.weight")
 
 
+def test_metadata_that_contradicts_the_tensors_is_refused(small_bpe, tmp_path):
+    path = write_gguf(GPT(ModelConfig(**STYLES["llama-gqa"])), small_bpe, tmp_path / "m.gguf",
+                      dtype="f32")
+    field = gguf.GGUFReader(path, "r+").fields["llama.attention.head_count_kv"]
+    field.parts[field.data[0]][0] = 1  # edits the memory-mapped file in place
+    with pytest.raises(CheckpointError) as exc_info:
+        read_gguf(path)
+    assert_one_line(exc_info, "shapes do not fit", "blk.0.attn_k.weight")
+
+
 def test_write_refuses_what_llama_cpp_cannot_run(small_bpe, shakespeare, tmp_path):
     (tmp_path / "out").mkdir()
     target = tmp_path / "out" / "model.gguf"
@@ -283,6 +422,11 @@ def test_write_refuses_what_llama_cpp_cannot_run(small_bpe, shakespeare, tmp_pat
     with pytest.raises(ConfigError) as exc_info:
         write_gguf(GPT(ModelConfig(**STYLES["gpt2"], norm_placement="post")), small_bpe, target)
     assert_one_line(exc_info, "norm_placement")
+    wrapped = torch.nn.Sequential(GPT(ModelConfig(**STYLES["gpt2"])))  # say, a task head on it
+    wrapped.config = wrapped[0].config
+    with pytest.raises(ConfigError) as exc_info:
+        write_gguf(wrapped, small_bpe, target)
+    assert_one_line(exc_info, "language model", "Sequential")
     with pytest.raises(ConfigError) as exc_info:
         write_gguf(GPT(ModelConfig(**STYLES["gpt2"])), small_bpe, target, dtype="q4_0")
     assert_one_line(exc_info, "q4_0")
@@ -291,6 +435,11 @@ def test_write_refuses_what_llama_cpp_cannot_run(small_bpe, shakespeare, tmp_pat
     with pytest.raises(ConfigError) as exc_info:
         write_gguf(GPT(ModelConfig(**STYLES["gpt2"])), wordpiece, target)
     assert_one_line(exc_info, "byte-level BPE")
+    lowercase = train_tokenizer([tmp_path / "train.txt"], kind="bpe", vocab_size=300,
+                                lowercase=True)
+    with pytest.raises(ConfigError) as exc_info:
+        write_gguf(GPT(ModelConfig(**STYLES["gpt2"])), lowercase, target)
+    assert_one_line(exc_info, "no llama.cpp equivalent")
     assert list((tmp_path / "out").iterdir()) == []  # nothing half-written left behind
 
 
@@ -298,4 +447,4 @@ def test_missing_gguf_package_is_a_clear_config_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "gguf", None)  # makes `import gguf` fail
     with pytest.raises(ConfigError) as exc_info:
         read_gguf(tmp_path / "model.gguf")
-    assert_one_line(exc_info, "pip install 'lmforge[gguf]'")
+    assert_one_line(exc_info, "pip install gguf")

@@ -21,12 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import (AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers,
+                        processors)
 
 from ..errors import CheckpointError, ConfigError
 from ..models.config import ModelConfig
 from ..models.io import build_model, load_model_state, model_state
-from ..models.transformer import rope_frequencies
+from ..models.transformer import GPT, rope_frequencies
 from ..tokenization.info import eos_token_id
 from ..tokenization.pipelines import set_byte_level_pipeline
 
@@ -48,8 +49,9 @@ def _gpt2_bytes():
 
 
 def _split_then_bytes(regex: str):
+    bytes_only = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(regex), behavior="isolated"),
-                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+                                    bytes_only])
 
 
 # llama.cpp's ``tokenizer.ggml.pre`` -> (normalizer, pre-tokenizer, BPE ignore_merges) as the
@@ -90,7 +92,7 @@ def _gguf():
         import gguf
     except ImportError:
         raise ConfigError("reading/writing GGUF needs the gguf package: "
-                          "pip install 'lmforge[gguf]'") from None
+                          "pip install gguf") from None
     return gguf
 
 
@@ -116,12 +118,14 @@ def _f32(value: float) -> float:
 def _permute(w: torch.Tensor, heads: int) -> torch.Tensor:
     """Hugging Face's half-split q/k rows -> llama.cpp's interleaved pairs (convert_hf_to_gguf.py's
     ``permute``): llama.cpp's "llama" rotates consecutive pairs, not the two halves."""
-    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+    half = w.shape[0] // heads // 2
+    return w.reshape(heads, 2, half, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
 def _unpermute(w: torch.Tensor, heads: int) -> torch.Tensor:
     """The inverse of :func:`_permute`."""
-    return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+    half = w.shape[0] // heads // 2
+    return w.reshape(heads, half, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
 def _layout(cfg: ModelConfig, arch: str) -> dict[str, list[tuple[str, int | None, int | None]]]:
@@ -191,7 +195,8 @@ def _dequantized(gguf, reader, path: Path) -> dict[str, torch.Tensor]:
             array = array.copy()
         tensors[t.name] = torch.from_numpy(array)
     if unsupported:
-        raise CheckpointError(f"{path}: tensor types gguf cannot dequantize: {_listing(unsupported)}")
+        raise CheckpointError(f"{path}: tensor types gguf cannot dequantize: "
+                              f"{_listing(unsupported)}")
     return tensors
 
 
@@ -231,9 +236,10 @@ def _config(meta: dict, tensors: dict[str, torch.Tensor], arch: str, path: Path)
             raise CheckpointError(f"{path}: partial rotary embeddings (rope.dimension_count "
                                   f"{get('rope.dimension_count')} < head_dim {values['head_dim']}) "
                                   "are not supported")
+        has_qkv_bias = "blk.0.attn_q.bias" in tensors or arch == "qwen2"
         values.update(_LLAMA_STYLE, norm_eps=_f32(get("attention.layer_norm_rms_epsilon", 1e-5)),
                       rope_base=_f32(get("rope.freq_base", 10000.0)), tie_embeddings=output is None,
-                      qkv_bias=True if "blk.0.attn_q.bias" in tensors or arch == "qwen2" else None)
+                      qkv_bias=True if has_qkv_bias else None)
         values["rope_scaling"] = _read_rope_scaling(meta, tensors, arch, values, path)
     try:
         return ModelConfig.from_dict(values, where=str(path))
@@ -241,7 +247,8 @@ def _config(meta: dict, tensors: dict[str, torch.Tensor], arch: str, path: Path)
         raise CheckpointError(str(exc)) from None
 
 
-def _read_rope_scaling(meta: dict, tensors: dict, arch: str, values: dict, path: Path) -> dict | None:
+def _read_rope_scaling(meta: dict, tensors: dict, arch: str, values: dict,
+                       path: Path) -> dict | None:
     kind = meta.get(f"{arch}.rope.scaling.type", "none")
     factors = tensors.get("rope_freqs.weight")
     if factors is not None and arch == "llama" and kind == "none":
@@ -251,7 +258,8 @@ def _read_rope_scaling(meta: dict, tensors: dict, arch: str, values: dict, path:
         factor = meta.get(f"{arch}.rope.scale_linear", 1.0)  # older files' linear scaling
         return None if factor == 1.0 else {"rope_type": "linear", "factor": _f32(factor)}
     if factors is None and kind == "linear":
-        return {"rope_type": "linear", "factor": _f32(meta.get(f"{arch}.rope.scaling.factor", 1.0))}
+        factor = meta.get(f"{arch}.rope.scaling.factor", 1.0)
+        return {"rope_type": "linear", "factor": _f32(factor)}
     what = "rope_freqs" if factors is not None else repr(kind)
     raise CheckpointError(f"{path}: RoPE scaling {what} on {arch!r} is not supported "
                           "(supported: linear, Llama 3 rope_freqs on llama)")
@@ -277,9 +285,9 @@ def _llama3_scaling(factors: torch.Tensor, values: dict, old_len: int, path: Pat
         low, high = float(-intercept * width), float(-intercept * width + width)
     scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low,
                "high_freq_factor": high, "original_max_position_embeddings": int(old_len)}
-    scaled = rope_frequencies(ModelConfig(head_dim=values["head_dim"], rope_base=values["rope_base"],
-                                          rope_scaling=scaling)).double()
-    if not torch.allclose(scaled, inv_freq / f, rtol=1e-4, atol=0.0):
+    scaled = rope_frequencies(ModelConfig(head_dim=values["head_dim"],
+                                          rope_base=values["rope_base"], rope_scaling=scaling))
+    if not torch.allclose(scaled.double(), inv_freq / f, rtol=1e-4, atol=0.0):
         raise CheckpointError(f"{path}: rope_freqs does not follow Llama 3 RoPE scaling; "
                               "lmforge cannot represent it")
     return scaling
@@ -296,10 +304,21 @@ def _state(tensors: dict[str, torch.Tensor], cfg: ModelConfig, arch: str, path: 
         parts = ([f"missing tensors {_listing(missing)}"] if missing else []) + (
             [f"tensors lmforge has no place for: {_listing(unexpected)}"] if unexpected else [])
         raise CheckpointError(f"{path} ({arch}): {'; '.join(parts)}")
-    state = {}
+    state, wrong = {}, []
+    with torch.device("meta"):  # the shapes cfg implies, without allocating a model
+        expected = model_state(build_model(cfg))
     for ours, pieces in layout.items():
-        parts = [_unpermute(tensors[name], heads) if heads else tensors[name] for name, _, heads in pieces]
-        state[ours] = parts[0] if len(parts) == 1 else torch.cat(parts)  # no copy of whole tensors
+        full = expected[ours].shape
+        bad = [f"{name} {tuple(tensors[name].shape)} (needs {(rows or full[0], *full[1:])})"
+               for name, rows, _ in pieces if tensors[name].shape != (rows or full[0], *full[1:])]
+        wrong += bad
+        if not bad:
+            parts = [_unpermute(tensors[name], heads) if heads else tensors[name]
+                     for name, _, heads in pieces]
+            state[ours] = parts[0] if len(parts) == 1 else torch.cat(parts)  # whole: no copy
+    if wrong:
+        raise CheckpointError(f"{path}: tensor shapes do not fit the metadata: "
+                              f"{_listing(wrong, 3)}")
     return state
 
 
@@ -315,15 +334,19 @@ def _pre_tokenizer_type(meta: dict, path: Path) -> str:
     return pre
 
 
-def _read_tokenizer(meta: dict, path: Path, context_length: int) -> tuple[Tokenizer, dict]:
+def _read_tokenizer(meta: dict, path: Path, cfg: ModelConfig) -> tuple[Tokenizer, dict]:
     """The byte-level BPE the file describes: same ids, same pre-tokenizer, control tokens as
     special added tokens, user-defined ones as plain added tokens."""
     pre = _pre_tokenizer_type(meta, path)
     tokens: list[str] = meta.get("tokenizer.ggml.tokens") or []
     types: list[int] = meta.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
+    if len(types) != len(tokens):
+        raise CheckpointError(f"{path}: {len(tokens)} tokens but {len(types)} token types")
     n = len(tokens)
     while n and types[n - 1] == UNUSED:  # padding up to the embedding size, not real tokens
         n -= 1
+    if n > cfg.vocab_size:
+        raise CheckpointError(f"{path}: {n} tokens but only {cfg.vocab_size} embedding rows")
     vocab: dict[str, int] = {}
     for i, token in enumerate(tokens[:n]):
         vocab.setdefault(token, i)
@@ -331,7 +354,7 @@ def _read_tokenizer(meta: dict, path: Path, context_length: int) -> tuple[Tokeni
     normalizer, pre_tokenizer, ignore_merges = PRE_TOKENIZERS[pre]()
     try:
         tok = Tokenizer(models.BPE(vocab, merges, ignore_merges=ignore_merges))
-    except Exception as exc:  # the Rust side raises a bare Exception (e.g. a merge of unknown tokens)
+    except Exception as exc:  # the Rust side raises a bare Exception (a merge of unknown tokens)
         raise CheckpointError(f"{path}: invalid BPE vocabulary: {_first_line(exc)}") from None
     set_byte_level_pipeline(tok)
     tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
@@ -348,7 +371,7 @@ def _read_tokenizer(meta: dict, path: Path, context_length: int) -> tuple[Tokeni
             config[name] = tokens[token_id]
     if meta.get("tokenizer.chat_template"):
         config["chat_template"] = meta["tokenizer.chat_template"]
-    config["model_max_length"] = context_length
+    config["model_max_length"] = cfg.context_length
     config["add_bos_token"] = bool(meta.get("tokenizer.ggml.add_bos_token", False))
     config["add_eos_token"] = bool(meta.get("tokenizer.ggml.add_eos_token", False))
     _set_post_processor(tok, config)
@@ -356,13 +379,16 @@ def _read_tokenizer(meta: dict, path: Path, context_length: int) -> tuple[Tokeni
 
 
 def _set_post_processor(tok: Tokenizer, config: dict) -> None:
-    """BOS/EOS added by ``encode(..., add_special_tokens=True)`` as llama.cpp's add_bos/add_eos say."""
+    """BOS/EOS added by ``encode(..., add_special_tokens=True)``, as add_bos/add_eos say."""
     bos = config.get("bos_token") if config["add_bos_token"] else None
     eos = config.get("eos_token") if config["add_eos_token"] else None
     if bos is None and eos is None:
         return
-    around = lambda seq: [*([f"{bos}:{seq}"] if bos else []), f"${'A' if seq == 0 else 'B'}:{seq}",
-                          *([f"{eos}:{seq}"] if eos else [])]
+
+    def around(seq: int) -> list[str]:
+        return [*([f"{bos}:{seq}"] if bos else []), f"${'AB'[seq]}:{seq}",
+                *([f"{eos}:{seq}"] if eos else [])]
+
     template = processors.TemplateProcessing(
         single=around(0), pair=around(0) + around(1),
         special_tokens=[(t, tok.token_to_id(t)) for t in {bos, eos} if t])
@@ -400,7 +426,7 @@ def read_gguf(path: str | Path) -> GGUFModel:
     tensors = _dequantized(gguf, reader, path)
     cfg = _config(meta, tensors, arch, path)
     state = _state(tensors, cfg, arch, path)
-    tokenizer, tokenizer_config = _read_tokenizer(meta, path, cfg.context_length)
+    tokenizer, tokenizer_config = _read_tokenizer(meta, path, cfg)
     return GGUFModel(cfg, state, tokenizer, tokenizer_config, _metadata(meta, reader, arch, gguf))
 
 
@@ -424,7 +450,8 @@ def gguf_architecture(cfg: ModelConfig) -> str:
     style with q/k/v biases). ConfigError naming what differs for any other model."""
     if cfg.arch != "decoder":
         raise ConfigError(f"GGUF export takes decoder models; this is an {cfg.arch!r} model")
-    styles = {"gpt2": {**_PLAIN_DECODER, **_GPT2_STYLE}, "llama": {**_PLAIN_DECODER, **_LLAMA_STYLE}}
+    styles = {"gpt2": {**_PLAIN_DECODER, **_GPT2_STYLE},
+              "llama": {**_PLAIN_DECODER, **_LLAMA_STYLE}}
     off = {arch: [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in style.items()
                   if getattr(cfg, k) != v] for arch, style in styles.items()}
     if cfg.head_dim * cfg.n_head != cfg.n_embd:
@@ -465,8 +492,9 @@ def _writable_pre_type(tok: Tokenizer) -> str:
     """The ``tokenizer.ggml.pre`` name of a byte-level BPE pipeline; ConfigError for others."""
     spec = json.loads(tok.to_str())
     model, decoder = spec["model"], spec.get("decoder") or {}
-    plain_bpe = (model["type"] == "BPE" and not model.get("byte_fallback") and model.get("dropout") is None
-                 and not model.get("continuing_subword_prefix") and not model.get("end_of_word_suffix"))
+    plain_bpe = (model["type"] == "BPE" and not model.get("byte_fallback")
+                 and model.get("dropout") is None and not model.get("continuing_subword_prefix")
+                 and not model.get("end_of_word_suffix"))
     if not plain_bpe or decoder.get("type") != "ByteLevel":
         raise ConfigError(f"GGUF export supports byte-level BPE tokenizers only; this one is a "
                           f"{model['type']} with a {decoder.get('type', 'no')} decoder")
@@ -475,11 +503,12 @@ def _writable_pre_type(tok: Tokenizer) -> str:
         normalizer, pre_tokenizer, ignore_merges = make()
         probe = Tokenizer(models.BPE(ignore_merges=ignore_merges))
         probe.normalizer, probe.pre_tokenizer = normalizer, pre_tokenizer
-        if _pipeline_key(json.loads(probe.to_str())) == key and bool(model.get("ignore_merges")) == ignore_merges:
+        same_merging = bool(model.get("ignore_merges")) == ignore_merges
+        if same_merging and _pipeline_key(json.loads(probe.to_str())) == key:
             return name
     raise ConfigError("the tokenizer's normalizer/pre-tokenizer has no llama.cpp equivalent "
-                      f"(GGUF knows: {', '.join(PRE_TOKENIZERS)}); a lowercasing or NFKC byte-level "
-                      "BPE cannot be exported")
+                      f"(GGUF knows: {', '.join(PRE_TOKENIZERS)}); a lowercasing or NFKC "
+                      "byte-level BPE cannot be exported")
 
 
 def _token_id(tok: Tokenizer, value: Any, name: str) -> int | None:
@@ -494,19 +523,24 @@ def _token_id(tok: Tokenizer, value: Any, name: str) -> int | None:
 
 
 def _add_tokenizer(writer, tok: Tokenizer, tokenizer_config: dict, vocab_size: int) -> None:
+    """The vocab as llama.cpp's converter writes a byte-level BPE ("gpt2"); ConfigError first
+    for a tokenizer llama.cpp cannot reproduce."""
     pre = _writable_pre_type(tok)
     n = tok.get_vocab_size(with_added_tokens=True)
     if n > vocab_size:
-        raise ConfigError(f"the tokenizer has {n} tokens but the model only {vocab_size} embeddings")
+        raise ConfigError(f"the tokenizer has {n} tokens but the model only {vocab_size} "
+                          "embeddings")
     tokens = [tok.id_to_token(i) for i in range(n)]
     if None in tokens:
         raise ConfigError(f"the tokenizer's ids are not contiguous (no token {tokens.index(None)})")
     added = tok.get_added_tokens_decoder()
-    types = [(CONTROL if added[i].special else USER_DEFINED) if i in added else NORMAL for i in range(n)]
+    types = [(CONTROL if added[i].special else USER_DEFINED) if i in added else NORMAL
+             for i in range(n)]
     # llama.cpp wants one token per embedding row: pad as its converter does.
     tokens += [f"[PAD{i}]" for i in range(n, vocab_size)]
     types += [UNUSED] * (vocab_size - n)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in json.loads(tok.to_str())["model"]["merges"]]
+    merges = [m if isinstance(m, str) else " ".join(m)  # tokenizers >= 0.20 stores pairs
+              for m in json.loads(tok.to_str())["model"]["merges"]]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
@@ -563,7 +597,8 @@ def _add_hparams(writer, gguf, cfg: ModelConfig, arch: str, dtype: str) -> None:
 
 
 def _gguf_tensors(model: torch.nn.Module, cfg: ModelConfig, arch: str) -> dict[str, torch.Tensor]:
-    """lmforge parameters as GGUF tensors: renamed, q/k/v and gate/up split, llama's q/k permuted."""
+    """lmforge parameters as GGUF tensors: renamed, q/k/v and gate/up split, llama's q/k
+    permuted, plus llama.cpp's form of Llama 3 RoPE scaling."""
     state = model_state(model)
     out = {}
     for ours, pieces in _layout(cfg, arch).items():
@@ -599,19 +634,21 @@ def write_gguf(model: torch.nn.Module, tokenizer: Tokenizer, path: str | Path, d
     _check_dtype(dtype)
     cfg = model.config
     arch = gguf_architecture(cfg)
+    if not isinstance(model, GPT):  # e.g. a fine-tuned task head on a decoder: no LM head
+        raise ConfigError(f"GGUF export takes an lmforge language model (GPT), not a "
+                          f"{type(model).__name__}")
     gguf = _gguf()
     path = Path(path)
-    tensors = {name: _encode_tensor(gguf, name, t, dtype)
-               for name, t in _gguf_tensors(model, cfg, arch).items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    writer = gguf.GGUFWriter(partial, arch)
+    writer = gguf.GGUFWriter(partial, arch)  # opens no file before write_header_to_file
     try:
         writer.add_name(path.stem)
         _add_hparams(writer, gguf, cfg, arch, dtype)
         _add_tokenizer(writer, tokenizer, tokenizer_config or {}, cfg.vocab_size)
-        for name, (array, qtype) in tensors.items():
+        for name, tensor in _gguf_tensors(model, cfg, arch).items():
+            array, qtype = _encode_tensor(gguf, name, tensor, dtype)
             writer.add_tensor(name, array, raw_dtype=qtype)
+        path.parent.mkdir(parents=True, exist_ok=True)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

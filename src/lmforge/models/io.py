@@ -38,7 +38,10 @@ def build_model(cfg: ModelConfig) -> torch.nn.Module:
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """State dict without the tied copy of the embedding (safetensors refuses shared storage)."""
+    """State dict without the tied copy of the embedding (safetensors refuses shared storage).
+    A task model (backbone + head) gives the backbone's names plus ``head.*``."""
+    if hasattr(model, "state_for_save"):
+        return model.state_for_save()
     state = model.state_dict()
     # Tied copies of the embedding are stored once (safetensors refuses shared storage).
     state.pop("mlm_head.embedding.weight", None)
@@ -49,6 +52,8 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load ``state`` strictly; any missing, unexpected or mis-shaped tensor is a clear error."""
+    if hasattr(model, "load_saved_state"):
+        return model.load_saved_state(state, source)
     expected = model_state(model)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -88,7 +93,10 @@ def save_pretrained(model: torch.nn.Module, path: str | Path, tokenizer=None,
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        model.config.save(tmp / CONFIG_NAME)
+        config = {"lmforge": model.config.to_dict()}
+        if hasattr(model, "spec"):  # a task model: its head's spec
+            config["task"] = model.spec.to_dict()
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         save_file(model_state(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         if tokenizer is not None:
             if isinstance(tokenizer, (str, Path)):
@@ -155,9 +163,13 @@ def _load_lmforge(path: Path, device, dtype) -> torch.nn.Module:
         raise CheckpointError(f"{path} is not a model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
     try:
         cfg = ModelConfig.load(path / CONFIG_NAME)
+        task = json.loads((path / CONFIG_NAME).read_text()).get("task")
+        model = build_model(cfg)
+        if task is not None:
+            from ..tasks.model import TaskModel, TaskSpec
+            model = TaskModel(model, TaskSpec.from_dict(task))
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
-    model = build_model(cfg)
     load_model_state(model, load_weights(path / WEIGHTS_NAME), str(path))
     model.to(device=device, dtype=dtype) if dtype else model.to(device)
     return model.eval()

@@ -32,6 +32,13 @@ from .runtime import autocast, flops_per_token, peak_tflops, resolve_device, res
 CONFIG_FILE = "config.yaml"
 
 
+def batch_tokens(batch: dict, default: int) -> int:
+    """Real (unpadded) tokens a batch feeds the model: its attention mask's count when it has
+    one (padded fine-tuning batches), else ``default`` (full windows)."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else default
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -206,9 +213,10 @@ class Trainer:
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        total = 0.0
+        total, tokens = 0.0, 0
         for _ in range(cfg.grad_accum):
             batch = self.objective.make_batch(self.sampler.next_batch())
+            tokens += batch_tokens(batch, cfg.batch_size * self.block_size)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with autocast(self.device, self.precision):
                 loss = self.objective.loss(self.forward_model, batch) / cfg.grad_accum
@@ -225,10 +233,10 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self.tokens_seen += cfg.batch_size * cfg.grad_accum * self.block_size
+        self.tokens_seen += tokens
         if not math.isfinite(total):
             raise DataError(f"loss became {total} at step {self.step}; lower lr or check the data")
-        return total
+        return total, tokens
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -295,8 +303,8 @@ class Trainer:
         window_start, window_tokens, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
         try:
             while self.step < cfg.max_steps:
-                loss = self._train_step()
-                window_tokens += tokens_per_step
+                loss, tokens = self._train_step()
+                window_tokens += tokens
                 window_loss, window_n = window_loss + loss, window_n + 1
                 last = self.step == cfg.max_steps
                 if self.step % cfg.log_interval == 0 or last or self.step == 1:
@@ -321,8 +329,8 @@ class Trainer:
                     logger.log(self.step, **val)
                     extra = "".join(f", {k.removeprefix('val_')} {v:.4f}" for k, v in val.items()
                                     if k not in ("val_loss", "val_ppl"))
-                    progress.write(f"step {self.step}: val loss {val['val_loss']:.4f}, "
-                                   f"ppl {val['val_ppl']:.2f}{extra}")
+                    ppl = f", ppl {val['val_ppl']:.2f}" if "val_ppl" in val else ""
+                    progress.write(f"step {self.step}: val loss {val['val_loss']:.4f}{ppl}{extra}")
                     if cfg.best_metric not in val:
                         raise ConfigError(f"config field 'best_metric' is {cfg.best_metric!r}, but "
                                           f"validation reports only {', '.join(val)}")

@@ -1,0 +1,58 @@
+"""`lmforge finetune`: fine-tune a pretrained model on a labeled task through the one engine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..config import add_dataclass_flags, flags_to_dict, from_dict, load_file
+from ..errors import ConfigError
+
+
+def register(sub) -> None:
+    from ..tasks.finetune import FinetuneConfig
+    p = sub.add_parser(
+        "finetune", help="fine-tune a pretrained model on a labeled task",
+        description="Fine-tune --model (lmforge or Hugging Face folder, run folder, .gguf, or a "
+                    "preset with --tokenizer) on --task with a training file and a validation "
+                    "file. Writes the best model to OUT_DIR/model, metrics to OUT_DIR/eval.json "
+                    "(and confusion.png for classification). Every field is a flag; --config "
+                    "reads a YAML/TOML file of the same fields.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML or TOML file of fine-tuning fields")
+    p.add_argument("--seeds", help="comma-separated seeds: one run per seed under OUT_DIR/seed-N, "
+                                   "then mean and std of the validation metrics")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_dataclass_flags(p, FinetuneConfig, skip=("objective", "objective_args", "sampling",
+                                                 "eval_batches"))
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..tasks.finetune import FinetuneConfig, finetune, format_summary
+    seeds = None
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    if args.resume:
+        data = load_file(f"{args.resume}/config.yaml")
+        data.pop("resolved", None)
+        data.update(flags_to_dict(args, FinetuneConfig))
+        data["out_dir"] = args.resume
+        cfg = from_dict(FinetuneConfig, data, where=f"{args.resume}/config.yaml")
+        result = finetune(cfg, resume=True)
+    else:
+        data = load_file(args.config) if args.config else {}
+        data.update(flags_to_dict(args, FinetuneConfig))
+        cfg = from_dict(FinetuneConfig, data, where=args.config or "command line")
+        result = finetune(cfg, seeds, overwrite=args.overwrite)
+    if seeds:
+        print(format_summary(result))
+        return 0
+    summary = {k: v for k, v in result.items()
+               if k.startswith("val_") or k in ("step", "best_step", "interrupted")}
+    print(json.dumps(summary))
+    return 130 if result.get("interrupted") else 0

@@ -1,0 +1,66 @@
+"""Task metrics from the libraries each community reports with: scikit-learn (accuracy,
+precision, recall, F1, MCC, confusion matrix), scipy (Pearson, Spearman), seqeval (entity-level
+NER scores), sacrebleu (BLEU, chrF) and rouge-score (ROUGE)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def classification_metrics(gold: list[int], pred: list[int], labels: list[str]) -> dict[str, float]:
+    """accuracy, macro precision/recall/F1, MCC; for two classes also the F1 / precision /
+    recall of the second label (GLUE's positive class: "1", paraphrase, acceptable)."""
+    from sklearn.metrics import (accuracy_score, f1_score, matthews_corrcoef,
+                                 precision_recall_fscore_support)
+    ids = list(range(len(labels)))
+    p, r, f, _ = precision_recall_fscore_support(gold, pred, labels=ids, average="macro", zero_division=0)
+    out = {"accuracy": accuracy_score(gold, pred), "macro_precision": p, "macro_recall": r,
+           "macro_f1": f, "mcc": matthews_corrcoef(gold, pred)}
+    if len(labels) == 2:
+        p, r, f, _ = precision_recall_fscore_support(gold, pred, labels=[1], average=None, zero_division=0)
+        out |= {"precision": float(p[0]), "recall": float(r[0]), "f1": float(f[0])}
+    else:
+        out["f1"] = f1_score(gold, pred, labels=ids, average="micro", zero_division=0)
+    return {k: float(v) for k, v in out.items()}
+
+
+def confusion(gold: list[int], pred: list[int], n: int) -> np.ndarray:
+    from sklearn.metrics import confusion_matrix
+    return confusion_matrix(gold, pred, labels=list(range(n)))
+
+
+def regression_metrics(gold: list[float], pred: list[float]) -> dict[str, float]:
+    from scipy.stats import pearsonr, spearmanr
+    g, p = np.asarray(gold, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    constant = np.ptp(p) == 0 or np.ptp(g) == 0  # correlations are undefined
+    return {"pearson": 0.0 if constant else float(pearsonr(g, p).statistic),
+            "spearman": 0.0 if constant else float(spearmanr(g, p).statistic),
+            "mse": float(np.mean((g - p) ** 2))}
+
+
+def plot_confusion(matrix: np.ndarray, labels: list[str], path: str | Path, title: str = "") -> Path:
+    """Confusion matrix PNG: rows gold, columns predicted, counts in the cells."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1.0 + 0.6 * n))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    peak = matrix.max() if matrix.size else 0
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
+                    color="white" if matrix[i, j] > peak / 2 else "black")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
