@@ -30,13 +30,18 @@ def add_model_flags(p: argparse.ArgumentParser, precision: str) -> None:
 def load_model_and_tokenizer(args: argparse.Namespace) -> tuple[torch.nn.Module, Tokenizer]:
     """The model named by --model (lmforge or Hugging Face folder, or GGUF file) on --device,
     and --tokenizer or the tokenizer that comes with it."""
-    model, tokenizer, _ = load_model(args.model, device=resolve_device(args.device))
+    return load_model_tokenizer_config(args)[:2]
+
+
+def load_model_tokenizer_config(args: argparse.Namespace) -> tuple[torch.nn.Module, Tokenizer, dict]:
+    """:func:`load_model_and_tokenizer` plus the model's tokenizer_config (chat template)."""
+    model, tokenizer, tok_cfg = load_model(args.model, device=resolve_device(args.device))
     if args.tokenizer:
-        return model, load_tokenizer(args.tokenizer)
+        return model, load_tokenizer(args.tokenizer), tok_cfg
     if tokenizer is None:
         raise LMForgeError(f"no tokenizer found with the model in {args.model}; "
                            "pass --tokenizer PATH")
-    return model, tokenizer
+    return model, tokenizer, tok_cfg
 
 
 def read_text_file(path: str, what: str) -> str:

@@ -267,8 +267,9 @@ class GPT(nn.Module):
         """Final (normalized) hidden states, shape (B, T, n_embd).
 
         ``attention_mask`` (B, T_total) marks real tokens with 1 and padding with 0 over the
-        whole sequence seen so far (cache included); ``position_ids`` default to consecutive
-        positions after what the cache holds.
+        whole sequence seen so far (cache included), or, without a cache, (B, T, T) says which
+        keys each query may see (packed sequences: a block per example); ``position_ids``
+        default to consecutive positions after what the cache holds.
         """
         B, T = idx.shape
         start = cache.length if cache is not None else 0
@@ -309,7 +310,10 @@ class GPT(nn.Module):
         k_pos = torch.arange(start + T, device=device)[None, :]
         mask = (k_pos <= q_pos)[None, None]  # causal
         if attention_mask is not None:
-            mask = mask & attention_mask[:, None, None, : start + T].bool()
+            if attention_mask.dim() == 3:  # (B, T, T): per-query keys (packed sequences)
+                mask = mask & attention_mask[:, None].bool()
+            else:
+                mask = mask & attention_mask[:, None, None, : start + T].bool()
             # A padding query would attend to nothing; some kernels return NaN for such rows.
             # Let every query see itself (its output is ignored anyway).
             mask = mask | (k_pos == q_pos)[None, None]

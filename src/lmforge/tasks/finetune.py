@@ -26,6 +26,9 @@ from ..models.lora import apply_lora, merge_lora, trainable_parameters
 from ..training.config import TrainConfig
 from ..training.engine import Trainer
 from . import classification  # noqa: F401  (registers the tasks)
+from . import generative  # noqa: F401
+from . import ner  # noqa: F401
+from . import qa  # noqa: F401
 from .base import TaskObjective, get_task
 from .model import TaskModel, TaskSpec
 
@@ -134,6 +137,8 @@ class FinetuneTrainer(Trainer):
                                 labels=existing.labels if existing is not None else None)
         elif existing is not None and existing.labels:
             options["labels"] = existing.labels
+        if task_cls.head is None:  # generative tasks: the chat template, special tokens
+            options |= dict(tokenizer_config=tok_cfg, encoding=cfg.encoding)
         arch = backbone.config.arch
         objective: TaskObjective = task_cls(tokenizer, arch, max_length, **options)
         train_rows = objective.read(cfg.data)

@@ -64,3 +64,17 @@ def plot_confusion(matrix: np.ndarray, labels: list[str], path: str | Path, titl
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def generation_metrics(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+    """Corpus BLEU and chrF (sacrebleu, 0-100) and ROUGE-1/2/L F-measures averaged over the
+    examples (rouge-score with Porter stemming, 0-1), one reference per hypothesis."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+    out = {"bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+           "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score}
+    kinds = ("rouge1", "rouge2", "rougeL")
+    scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=True)
+    scores = [scorer.score(ref, hyp) for ref, hyp in zip(references, hypotheses)]
+    out |= {k: float(np.mean([s[k].fmeasure for s in scores])) for k in kinds}
+    return {k: float(v) for k, v in out.items()}
