@@ -255,3 +255,52 @@ def test_convert_cli_both_ways(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         load_hf(tmp_path / "hf")
     assert not caplog.records
+
+
+def task_models() -> dict:
+    bert = dict(vocab_size=V, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=96, max_position_embeddings=64)
+    labels = {"id2label": {0: "neg", 1: "neutral", 2: "pos"}, "label2id": {"neg": 0, "neutral": 1, "pos": 2}}
+    return {
+        "bert-seq": (T.BertForSequenceClassification, T.BertConfig(**bert, **labels)),
+        "bert-regression": (T.BertForSequenceClassification, T.BertConfig(**bert, num_labels=1, problem_type="regression")),
+        "bert-token": (T.BertForTokenClassification, T.BertConfig(**bert, **labels)),
+        "bert-qa": (T.BertForQuestionAnswering, T.BertConfig(**bert)),
+        "gpt2-seq": (T.GPT2ForSequenceClassification, T.GPT2Config(
+            vocab_size=V, n_positions=64, n_embd=48, n_layer=2, n_head=4, pad_token_id=1, **labels)),
+        "llama-seq": (T.LlamaForSequenceClassification, T.LlamaConfig(
+            vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, pad_token_id=1, **labels)),
+    }
+
+
+@pytest.mark.parametrize("name", list(task_models()))
+def test_task_heads_round_trip(name, text_ids, tmp_path):
+    """Fine-tuned heads (sequence / token classification, regression, QA) come in as lmforge
+    task models with their label maps and go back out as the same HF class."""
+    from lmforge.tasks.model import TaskModel
+    torch.manual_seed(5)
+    cls, config = task_models()[name]
+    hf = cls(config).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    ours, _, _ = load_hf(tmp_path / "hf")
+    assert isinstance(ours, TaskModel)
+    ids = text_ids.clone()
+    ids[ids == 1] = 2  # id 1 is the decoders' pad token
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        out = hf(input_ids=ids, attention_mask=mask)
+        got = ours(ids, mask)
+    if name == "bert-qa":
+        expected = torch.stack([out.start_logits, out.end_logits], dim=-1)
+    else:
+        expected = out.logits[:, 0] if name == "bert-regression" else out.logits
+        if name.endswith("seq") or name == "bert-token":
+            assert ours.spec.labels == ["neg", "neutral", "pos"]
+    assert (got - expected).abs().max() <= ATOL
+    tok = train_tokenizer([str(Path(__file__))], kind="bpe", vocab_size=300,
+                          special_tokens=["<|endoftext|>", "<pad>"]) if not name.startswith("bert") else None
+    export_hf(ours, tok, tmp_path / "out")
+    back, info = cls.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert not any(info.values()), info
+    assert back.config.id2label == hf.config.id2label and back.config.num_labels == hf.config.num_labels

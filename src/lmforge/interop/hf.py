@@ -549,7 +549,14 @@ def load_hf(path: str | Path, device: str | torch.device = "cpu",
             return tensors[name]
         return None
 
+    task = task_spec_from_hf(hf, family)
     table = table_for(family, cfg, set(tensors))
+    if task is not None:  # the head's weights come in as the task model's ``head``
+        spec, head = task
+        table = [e for e in table if e.ours != "lm_head.weight"]
+        table.append(_entry("head.weight", f"{head}.weight"))
+        if f"{head}.bias" in tensors:
+            table.append(_entry("head.bias", f"{head}.bias"))
     state = state_from_hf(table, get, where)
     if family == "bart":
         bias = tensors.get("final_logits_bias")
@@ -568,6 +575,14 @@ def load_hf(path: str | Path, device: str | torch.device = "cpu",
         log.warning(f"{where}: {len(unused)} tensor(s) not used (heads lmforge does not "
                       f"import): {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}")
     model = build_model(cfg)
+    if task is not None:
+        from ..tasks.model import TaskModel
+        if family != "bert":
+            cfg.tie_embeddings = True  # no LM head in a sequence-classification checkpoint
+            model = build_model(cfg)
+        model = TaskModel(model, task[0])
+        if model.head.bias is None and "head.bias" in state or model.head.bias is not None and "head.bias" not in state:
+            raise CheckpointError(f"{where}: the {task[1]} head's bias does not fit lmforge's head")
     load_model_state(model, state, where)
     model.to(device=device, dtype=dtype) if dtype else model.to(device)
     tokenizer, tok_cfg = read_hf_tokenizer(folder)
@@ -631,11 +646,16 @@ def export_hf(model: torch.nn.Module, tokenizer: Tokenizer | None, out: str | Pa
     """
     cfg = model.config
     family = family_of(cfg)
-    arch = architecture or default_architecture(model, family)
-    cfg_for_table = cfg
-    if family == "bert":  # a chosen head-less class drops the weights it has no place for
-        cfg_for_table = _bert_cfg_for(cfg, arch)
-    table = table_for(family, cfg_for_table)
+    spec = getattr(model, "spec", None)
+    if spec is not None:  # a fine-tuned task model: backbone + head in one HF class
+        arch, cfg_for_table, head = task_class(family, model, tokenizer, architecture)
+        table = [e for e in table_for(family, cfg_for_table) if e.ours != "lm_head.weight"] + head
+    else:
+        arch = architecture or default_architecture(model, family)
+        cfg_for_table = cfg
+        if family == "bert":  # a chosen head-less class drops the weights it has no place for
+            cfg_for_table = _bert_cfg_for(cfg, arch)
+        table = table_for(family, cfg_for_table)
     state = model_state(model)
     hf_state = state_to_hf(table, state)
     if family == "bart":
@@ -650,6 +670,8 @@ def export_hf(model: torch.nn.Module, tokenizer: Tokenizer | None, out: str | Pa
     hf_config = config_to_hf(cfg_for_table, family, arch, ids)
     if family == "bert" and tokenizer is not None:
         hf_config["pad_token_id"] = ids.get("pad_token_id", 0)
+    if spec is not None:
+        hf_config |= task_config(spec)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -662,6 +684,81 @@ def export_hf(model: torch.nn.Module, tokenizer: Tokenizer | None, out: str | Pa
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+# Fine-tuned heads: (family, task) -> (HF class, name of the head's Linear in it).
+TASK_CLASSES = {
+    ("bert", "classification"): ("BertForSequenceClassification", "classifier"),
+    ("bert", "regression"): ("BertForSequenceClassification", "classifier"),
+    ("bert", "token-classification"): ("BertForTokenClassification", "classifier"),
+    ("bert", "qa"): ("BertForQuestionAnswering", "qa_outputs"),
+    **{(f, t): (f"{c}ForSequenceClassification", "score")
+       for f, c in (("gpt2", "GPT2"), ("llama", "Llama"), ("qwen2", "Qwen2"))
+       for t in ("classification", "regression")},
+}
+
+
+def task_class(family: str, model: torch.nn.Module, tokenizer: Tokenizer | None,
+               architecture: str | None) -> tuple[str, ModelConfig, list[Entry]]:
+    """(HF class, backbone config as that class holds it, head table entries) of a task model."""
+    from dataclasses import replace
+    spec, cfg = model.spec, model.config
+    if (family, spec.task) not in TASK_CLASSES:
+        raise ConfigError(f"a {spec.task} head on a {family} model has no Hugging Face class "
+                          f"(supported: {', '.join(c for c, _ in dict.fromkeys(TASK_CLASSES.values()))})")
+    arch, head = TASK_CLASSES[(family, spec.task)]
+    if architecture and architecture != arch:
+        raise ConfigError(f"a {spec.task} model exports as {arch}, not {architecture}")
+    if family == "bert":
+        sequence = spec.task in ("classification", "regression")
+        if sequence and spec.pooling != "pooler":
+            raise ConfigError(f"BertForSequenceClassification pools with BERT's pooler; this head "
+                              f"uses pooling '{spec.pooling}' (fine-tune with --pooling pooler to export)")
+        cfg = replace(cfg, mlm_head=False, sentence_head=False, pooler=sequence)
+    elif spec.pooling != "last":
+        raise ConfigError(f"{arch} reads the last token; this head uses pooling '{spec.pooling}'")
+    else:
+        pad = special_token_names(tokenizer).get("pad_token") if tokenizer is not None else None
+        eos = special_token_names(tokenizer).get("eos_token") if tokenizer is not None else None
+        if pad is None or pad == eos:
+            raise ConfigError(f"{arch} finds the last token by pad_token_id: the tokenizer needs a "
+                              "pad token distinct from its end-of-text token")
+    entries = [_entry("head.weight", f"{head}.weight")]
+    if model.head.bias is not None:
+        entries.append(_entry("head.bias", f"{head}.bias"))
+    return arch, cfg, entries
+
+
+def task_config(spec) -> dict:
+    """config.json fields of a task head: label maps and problem type."""
+    if spec.task == "regression":
+        return {"num_labels": 1, "problem_type": "regression"}
+    if spec.task == "qa":
+        return {}
+    out = {"id2label": dict(enumerate(spec.labels)), "label2id": {k: i for i, k in enumerate(spec.labels)},
+           "num_labels": len(spec.labels)}
+    if spec.task == "classification":
+        out["problem_type"] = "single_label_classification"
+    return out
+
+
+def task_spec_from_hf(hf: dict, family: str):
+    """The TaskSpec of a Hugging Face task class, or None for base / LM / MLM classes."""
+    from ..tasks.model import TaskSpec
+    arch = (hf.get("architectures") or [""])[0]
+    for (fam, task), (cls, head) in TASK_CLASSES.items():
+        if cls == arch and fam == family:
+            if task == "regression" and hf.get("problem_type") != "regression" and hf.get("num_labels", 2) != 1:
+                continue
+            if task == "classification" and (hf.get("problem_type") == "regression" or hf.get("num_labels") == 1):
+                continue
+            labels = []
+            if task in ("classification", "token-classification"):
+                id2label = hf.get("id2label") or {}
+                labels = [id2label.get(str(i), id2label.get(i, f"LABEL_{i}")) for i in range(len(id2label))]
+            pooling = ("pooler" if family == "bert" else "last") if task in ("classification", "regression") else "auto"
+            return TaskSpec(task, labels=labels, pooling=pooling), head
+    return None
 
 
 HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
