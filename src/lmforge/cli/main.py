@@ -29,6 +29,7 @@ COMMANDS = {
     "finetune": ("finetune_cmd", "fine-tune a pretrained model on a labeled task"),
     "predict": ("predict_cmd", "predict with a fine-tuned model, file or stdin -> JSONL"),
     "evaluate": ("evaluate_cmd", "metrics of a fine-tuned model on a labeled file"),
+    "experiment": ("experiment_cmd", "pretrain-vs-scratch: does pretraining help on a task?"),
 }
 COMMAND_MODULES = [module for module, _ in COMMANDS.values()]
 

@@ -246,7 +246,7 @@ class FinetuneTrainer(Trainer):
             from .metrics import plot_confusion
             plot_confusion(matrix, self.objective.labels, self.run_dir / "confusion.png",
                            title=f"{self.cfg.task}: validation")
-        return {**result, **final}
+        return {**result, **final, "best_metric": self.cfg.best_metric}
 
 
 def finetune(cfg: FinetuneConfig, seeds: list[int] | None = None, *, overwrite: bool = False,

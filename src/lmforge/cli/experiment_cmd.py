@@ -1,0 +1,44 @@
+"""`lmforge experiment pretrain-vs-scratch`: does pretraining help on this task and budget?"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import add_dataclass_flags, flags_to_dict, from_dict, load_file
+from ..errors import ConfigError
+
+
+def register(sub) -> None:
+    from ..tasks.finetune import FinetuneConfig
+    p = sub.add_parser(
+        "experiment", help="pretrain-vs-scratch: fine-tune from a checkpoint and from random init",
+        description="pretrain-vs-scratch: fine-tune --model as is and re-initialized (same "
+                    "architecture, tokenizer, data and budget), once per seed; print the final "
+                    "metrics and the gap, and write OUT_DIR/experiment.json and curves.png. Takes "
+                    "every `lmforge finetune` flag.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("name", choices=["pretrain-vs-scratch"])
+    p.add_argument("--config", help="YAML or TOML file of fine-tuning fields")
+    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds")
+    p.add_argument("--overwrite", action="store_true", help="replace existing run folders")
+    add_dataclass_flags(p, FinetuneConfig, skip=("objective", "objective_args", "sampling",
+                                                 "eval_batches", "from_scratch"))
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..tasks.experiment import format_experiment, pretrain_vs_scratch
+    from ..tasks.finetune import FinetuneConfig
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    if not seeds:
+        raise ConfigError("--seeds needs at least one seed")
+    data = load_file(args.config) if args.config else {}
+    data.update(flags_to_dict(args, FinetuneConfig))
+    cfg = from_dict(FinetuneConfig, data, where=args.config or "command line")
+    if "out_dir" not in data:
+        cfg.out_dir = "runs/pretrain-vs-scratch"
+    print(format_experiment(pretrain_vs_scratch(cfg, seeds, overwrite=args.overwrite)))
+    return 0
