@@ -42,7 +42,11 @@ def stdin_file(task: str) -> Path:
     text = sys.stdin.read()
     if not text.strip():
         raise DataError("no input on stdin")
-    tmp = Path(tempfile.mkdtemp()) / ("stdin.jsonl" if text.lstrip().startswith("{") else "stdin.tsv")
+    is_json = text.lstrip().startswith("{")
+    if not is_json and task == "token-classification":  # plain lines: whitespace-split words
+        text = "".join(json.dumps({"text": line}) + "\n" for line in text.splitlines() if line.strip())
+        is_json = True
+    tmp = Path(tempfile.mkdtemp()) / ("stdin.jsonl" if is_json else "stdin.tsv")
     if tmp.suffix == ".tsv":
         lines = [line for line in text.splitlines() if line.strip()]
         pair = any("\t" in line for line in lines)

@@ -236,7 +236,10 @@ class FinetuneTrainer(Trainer):
         if trainable < total:
             print(f"training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)")
         result = super().fit()
-        final = self.evaluate()  # the exported (best) weights
+        if self.best_step is not None and self.best_step == self.step and "val_loss" in result:
+            final = {k: v for k, v in result.items() if k.startswith("val_")}  # just evaluated
+        else:
+            final = self.evaluate()  # the exported (best) weights
         report = {"task": self.cfg.task, "best_metric": self.cfg.best_metric, "step": self.step,
                   "best_step": self.best_step, "trainable_parameters": trainable,
                   "parameters": total, **final}

@@ -391,8 +391,9 @@ class GenerativeTask(TaskObjective):
 
     # ---- generation ---------------------------------------------------------------------
     @torch.no_grad()
-    def generate_texts(self, model, prompts: list[list[int]], batch_size: int) -> list[str]:
-        """Greedy (or ``num_beams`` beam search) output text of each prompt, batched by length."""
+    def generate_texts(self, model, prompts: list[list[int]], batch_size: int, autocast_ctx) -> list[str]:
+        """Greedy (or ``num_beams`` beam search) output text of each prompt, batched by length,
+        in the run's precision (``autocast_ctx``)."""
         from ..generation.seq2seq import generate_tokens
         model = getattr(model, "_orig_mod", model)
         was_training = model.training
@@ -405,9 +406,11 @@ class GenerativeTask(TaskObjective):
         try:
             for s in range(0, len(order), batch_size):
                 rows = order[s:s + batch_size]
-                done = generate_tokens(model, [prompts[i] for i in rows], self.max_new_tokens,
-                                       num_beams=self.num_beams, stop_token_ids=sorted(self.stop_ids),
-                                       stream=self._stop_at_text(len(rows)), **kwargs)
+                with autocast_ctx():  # precision "fp32": generation adds no autocast of its own
+                    done = generate_tokens(model, [prompts[i] for i in rows], self.max_new_tokens,
+                                           num_beams=self.num_beams, precision="fp32",
+                                           stop_token_ids=sorted(self.stop_ids),
+                                           stream=self._stop_at_text(len(rows)), **kwargs)
                 for i, completion in zip(rows, done):
                     out[i] = self.output_text(completion.tokens)
         finally:
@@ -524,14 +527,15 @@ class Seq2Seq(GenerativeTask):
         if self.max_eval_examples:
             chosen = chosen[:self.max_eval_examples]
         if chosen:
-            hyps = self.generate_texts(model, [f["prompt_ids"] for f in chosen], self.eval_batch_size)
+            hyps = self.generate_texts(model, [f["prompt_ids"] for f in chosen], self.eval_batch_size,
+                                       autocast_ctx)
             scores = generation_metrics(hyps, [f["reference"] for f in chosen])
             metrics |= {f"val_{k}": v for k, v in scores.items()}
         return metrics
 
     def predict(self, model, rows: list[TextPair], batch_size: int, device, autocast_ctx) -> list[dict]:
         features = self.featurize([TextPair(r.source, None, r.line) for r in rows], training=False)
-        texts = self.generate_texts(model, [f["prompt_ids"] for f in features], batch_size)
+        texts = self.generate_texts(model, [f["prompt_ids"] for f in features], batch_size, autocast_ctx)
         return [{"generated": t} for t in texts]
 
     def describe(self, example: TextPair) -> dict:
@@ -687,7 +691,7 @@ class SFT(GenerativeTask):
                 prompts.append(self.prompt_ids(conv))
             except DataError as exc:
                 raise DataError(f"line {conv.line}: {exc}") from None
-        return [{"generated": t} for t in self.generate_texts(model, prompts, batch_size)]
+        return [{"generated": t} for t in self.generate_texts(model, prompts, batch_size, autocast_ctx)]
 
     def describe(self, example: Conversation) -> dict:
         messages = example.messages

@@ -81,7 +81,8 @@ def to_scheme(tags: list[str], scheme: str) -> list[str]:
         elif scheme == "IOB2":
             out[s:e] = [f"B-{t}"] + [f"I-{t}"] * (e - s - 1)
         else:  # IOB1: B- only where an entity directly follows one of the same type
-            out[s:e] = [f"B-{t}" if (s == prev_end and t == prev_type) else f"I-{t}"] + [f"I-{t}"] * (e - s - 1)
+            first = "B" if (s == prev_end and t == prev_type) else "I"
+            out[s:e] = [f"{first}-{t}"] + [f"I-{t}"] * (e - s - 1)
         prev_end, prev_type = e, t
     return out
 
@@ -89,9 +90,11 @@ def to_scheme(tags: list[str], scheme: str) -> list[str]:
 def entity_scores(gold: list[list[str]], pred: list[list[str]], scheme: str) -> dict[str, float]:
     """seqeval's entity-level scores: micro precision / recall / F1, macro F1 and F1 per type,
     plus token accuracy. IOB2 and BIOES are scored with ``mode="strict"`` and the scheme class
-    (an entity counts only if it is well formed: exact CoNLL-2003 behaviour for IOB2); IOB1 in
-    seqeval's default conlleval-compatible mode, since its strict automaton is meant for schemes
-    whose entities start with B- and conlleval is the scorer IOB1 data was published with."""
+    (IOB2 / IOBES): an entity counts only if it is well formed, so a model gets no credit for an
+    entity it opened with I-; seqeval supports IOBES only in strict mode. IOB1, where entities
+    do open with I-, is scored in seqeval's default mode, the conlleval-compatible reading that
+    IOB1 data (CoNLL-2003's original files) was published with; seqeval's auto-detection and
+    documented strict schemes do not cover IOB1."""
     from seqeval.metrics import accuracy_score, classification_report
     from seqeval.scheme import IOB2, IOBES
     out = {"accuracy": float(accuracy_score(gold, pred))}
@@ -127,13 +130,18 @@ class Sentence:
                 self.starts.append(pos)
                 pos += len(token) + 1
 
+    def entity(self, kind: str, first: int, end: int) -> dict:
+        """Words ``first``..``end - 1`` as {"type", "text", "start", "end"}, offsets in ``text``."""
+        start, stop = self.starts[first], self.starts[end - 1] + len(self.tokens[end - 1])
+        return {"type": kind, "text": self.text[start:stop], "start": start, "end": stop}
+
     @classmethod
     def from_text(cls, text: str, line: int = 0) -> "Sentence":
         words = list(re.finditer(r"\S+", text))
         return cls([m.group() for m in words], None, line, text, [m.start() for m in words])
 
 
-def read_sentences(path: str, labeled: bool = True, encoding: str = "utf-8") -> list[Sentence]:
+def read_sentences(path: str | Path, labeled: bool = True, encoding: str = "utf-8") -> list[Sentence]:
     """Sentences of a CoNLL file or a JSONL file (``.jsonl``/``.json``). ``labeled`` False reads
     tags only if present and drops them (predict). Each malformed line is one DataError naming
     the file and line."""
@@ -182,7 +190,7 @@ def _conll(path: Path, lines: list[str], labeled: bool) -> list[Sentence]:
             _check_tags(path, n, [cells[-1]])
         first = first if tokens else n
         tokens.append(cells[0])
-        tags.append(cells[-1] if columns > 1 else "")
+        tags.append(cells[-1])
     return sentences
 
 
@@ -221,7 +229,9 @@ def _jsonl(path: Path, lines: list[str], labeled: bool) -> list[Sentence]:
 @register_task
 class TokenClassification(TaskObjective):
     """Cross-entropy over each word's first sub-token; metrics seqeval entity precision /
-    recall / F1 (micro; macro and per type too) and token accuracy."""
+    recall / F1 (micro; macro and per type too) and token accuracy. Options (``--task_args``):
+    ``label_scheme`` IOB1, IOB2 or BIOES (default: detected from the training tags) and the
+    files' ``encoding``; ``labels`` come from an existing head."""
 
     name = "token-classification"
     head = "token-classification"
@@ -235,6 +245,11 @@ class TokenClassification(TaskObjective):
             raise ConfigError(f"label_scheme must be {', '.join(SCHEMES)} or detect, got {label_scheme!r}")
         self.scheme = None if scheme == "DETECT" else scheme
         self.labels = list(labels) if labels else None
+        if self.labels:  # a head's labels (e.g. imported from Hugging Face, saved without a scheme)
+            if bad := [t for t in self.labels if not TAG.fullmatch(t)]:
+                raise ConfigError(f"token classification labels must be O or B-/I-/E-/S-TYPE tags, got {bad[:3]}")
+            if self.scheme is None and any(t[:2] in ("S-", "E-") for t in self.labels):
+                self.scheme = "BIOES"
         self.encoding = encoding
         self.budget = max_length - (2 if arch == "encoder" else 1)  # room left by the framing
         if self.budget < 1:
@@ -258,6 +273,7 @@ class TokenClassification(TaskObjective):
         """``sentences`` with their tags in the model's scheme (converted if the file's differs)."""
         labeled = [s.tags for s in sentences if s.tags is not None]
         found = detect_scheme(labeled)
+        self.scheme = self.scheme or found  # a head saved without its scheme
         if not labeled or found == self.scheme:
             return sentences
         log.info(f"converting {found} tags to the model's {self.scheme}")
@@ -266,10 +282,10 @@ class TokenClassification(TaskObjective):
 
     def fit_labels(self, sentences: list[Sentence]) -> None:
         """Scheme (unless given) and label set from the training tags: sorted, "O" first."""
-        if self.scheme is None:
-            self.scheme = detect_scheme([s.tags for s in sentences])
-            log.info(f"label scheme: {self.scheme} (detected)")
+        detected = self.scheme is None
         found = sorted({t for s in self.in_scheme(sentences) for t in s.tags} - {"O"})
+        if detected:
+            log.info(f"label scheme: {self.scheme} (detected)")
         if self.labels is None:
             if not found:
                 raise DataError("the training data has no entity tags (only O)")
@@ -310,6 +326,7 @@ class TokenClassification(TaskObjective):
         index and (labeled) the label ids there, -100 elsewhere."""
         sentences = self.in_scheme(sentences)
         index = {tag: i for i, tag in enumerate(self.labels)}
+        outside = index.get("O", 0)
         unseen: Counter = Counter()
         features, split = [], 0
         for i, (sentence, pieces) in enumerate(zip(sentences, self.word_pieces(sentences))):
@@ -335,7 +352,7 @@ class TokenClassification(TaskObjective):
                         tag = sentence.tags[w]
                         if tag not in index:
                             unseen[tag] += 1
-                        labels[pos] = index.get(tag, 0)  # unseen in training: "O" for the loss
+                        labels[pos] = index.get(tag, outside)  # unseen in training: O for the loss
                 features.append({"input_ids": ids, "token_type_ids": types, "labels": labels,
                                  "positions": positions, "words": words, "sentence": i,
                                  "example": sentence, "index": len(features)})
@@ -366,11 +383,11 @@ class TokenClassification(TaskObjective):
         return cross_entropy(self.forward(model, batch).flatten(0, 1), batch["labels"].flatten())
 
     @torch.no_grad()
-    def word_tags(self, model, batches, device, autocast_ctx) -> tuple[list[Sentence], list[list[str]], float]:
-        """(sentences, predicted tag per word, mean loss over labeled words) over ``batches``:
-        each word takes its first sub-token's argmax; chunks are put back per sentence, and a
-        word without sub-tokens is O."""
-        sentences, pred, loss, count = {}, {}, 0.0, 0
+    def word_tags(self, model, batches, device, autocast_ctx) -> tuple[dict[int, tuple[Sentence, list[str]]], float]:
+        """({sentence index: (sentence, predicted tag per word)}, mean loss over labeled words)
+        over ``batches``: each word takes its first sub-token's argmax; chunks are put back per
+        sentence, and a word without sub-tokens is O."""
+        out, loss, count = {}, 0.0, 0
         for batch in batches:
             features = batch["features"]
             batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
@@ -383,19 +400,17 @@ class TokenClassification(TaskObjective):
                     count += n
             best = logits.argmax(-1).cpu()
             for row, f in enumerate(features):
-                i = f["sentence"]
-                sentences[i] = f["example"]
-                tags = pred.setdefault(i, ["O"] * len(f["example"].tokens))
+                _, tags = out.setdefault(f["sentence"], (f["example"], ["O"] * len(f["example"].tokens)))
                 for pos, w in zip(f["positions"], f["words"]):
                     tags[w] = self.labels[int(best[row, pos])]
-        order = sorted(sentences)
-        return [sentences[i] for i in order], [pred[i] for i in order], loss / max(count, 1)
+        return out, loss / max(count, 1)
 
     def evaluate(self, model, batches, device, autocast_ctx) -> dict[str, float]:
-        sentences, pred, loss = self.word_tags(model, batches, device, autocast_ctx)
+        found, loss = self.word_tags(model, batches, device, autocast_ctx)
+        sentences, pred = [found[i][0] for i in sorted(found)], [found[i][1] for i in sorted(found)]
         scores = entity_scores([s.tags for s in sentences], pred, self.scheme)
         # Every type of the label set and the gold data gets a score, so runs report the same keys.
-        types = {t[2:] for t in self.labels if t != "O"} | {t[2:] for s in sentences for t in s.tags if t != "O"}
+        types = {t[2:] for t in self.labels + [t for s in sentences for t in s.tags] if t != "O"}
         scores |= {f"f1_{t}": scores.get(f"f1_{t}", 0.0) for t in sorted(types)}
         head = ("precision", "recall", "f1", "macro_f1", "accuracy")
         ordered = {k: scores[k] for k in head} | {k: v for k, v in sorted(scores.items()) if k not in head}
@@ -404,16 +419,13 @@ class TokenClassification(TaskObjective):
     def predict(self, model, sentences: list[Sentence], batch_size: int, device, autocast_ctx) -> list[dict]:
         unlabeled = [replace(s, tags=None) for s in sentences]
         features = self.featurize(unlabeled, training=False)
-        found, pred, _ = self.word_tags(model, self.eval_batches(features, 0, batch_size, 0),
-                                        device, autocast_ctx)
-        by_id = {id(s): tags for s, tags in zip(found, pred)}
+        batches = self.eval_batches(features, 0, batch_size, 0)
+        found, _ = self.word_tags(model, batches, device, autocast_ctx)
         out = []
-        for s in unlabeled:
-            tags = by_id.get(id(s), ["O"] * len(s.tokens))
-            spans_ = [{"type": t, "text": s.text[s.starts[a]:s.starts[b - 1] + len(s.tokens[b - 1])],
-                       "start": s.starts[a], "end": s.starts[b - 1] + len(s.tokens[b - 1])}
-                      for t, a, b in entities(tags, self.scheme)]
-            out.append({"tokens": s.tokens, "tags": tags, "entities": spans_})
+        for i, s in enumerate(unlabeled):
+            tags = found[i][1] if i in found else ["O"] * len(s.tokens)
+            out.append({"tokens": s.tokens, "tags": tags,
+                        "entities": [s.entity(t, a, b) for t, a, b in entities(tags, self.scheme)]})
         return out
 
     def describe(self, example: Sentence) -> dict:
