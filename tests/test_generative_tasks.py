@@ -20,8 +20,8 @@ from lmforge.errors import DataError
 from lmforge.models import preset
 from lmforge.models.io import build_model
 from lmforge.tasks.finetune import FinetuneConfig, FinetuneTrainer
-from lmforge.tasks.generative import (DEFAULT_CHAT_TEMPLATE, SFT, ChatTemplate, Conversation,
-                                      Seq2Seq, TextPair, pack, read_pairs)
+from lmforge.tasks.chat import DEFAULT_CHAT_TEMPLATE, ChatTemplate
+from lmforge.tasks.generative import SFT, Conversation, Seq2Seq, TextPair, pack, read_pairs
 from lmforge.tokenization import load_tokenizer, save_tokenizer, train_tokenizer
 
 from _util import assert_one_line_error, run_cli
@@ -103,7 +103,7 @@ def test_decoder_seq2seq_labels_only_the_target(shared_data):
     for task, prompt in ((plain, "I'm ruined.<|endoftext|>"),
                          (templated, "Translate English to French: I'm ruined.\nFrench:")):
         f = task.featurize([pair], training=True)[0]
-        assert labeled_runs(tok, [i for i in f["input_ids"]], f["labels"]) == ["Je suis ruiné.<|endoftext|>"]
+        assert labeled_runs(tok, f["input_ids"], f["labels"]) == ["Je suis ruiné.<|endoftext|>"]
         assert tok.decode(f["prompt_ids"], skip_special_tokens=False) == prompt
         assert f["input_ids"][:len(f["prompt_ids"])] == f["prompt_ids"]
     # Too long: the longer part loses tokens first, the target keeps its <eos>.
@@ -170,7 +170,11 @@ def test_chat_templates_render_as_transformers(shared_data):
     tok = gpt2_tokenizer(shared_data, ["<|im_start|>", "<|im_end|>", *LLAMA3_SPECIALS])
     hf = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>",
                                               eos_token="<|endoftext|>")
-    templates = {"chatml": DEFAULT_CHAT_TEMPLATE, "llama3-style": LLAMA3_STYLE}
+    templates = {"chatml": DEFAULT_CHAT_TEMPLATE, "llama3-style": LLAMA3_STYLE,
+                 "generation-blocks": DEFAULT_CHAT_TEMPLATE.replace(
+                     "message['content']", "message['content'] | tojson").replace(
+                     "{% for message in messages %}{{", "{% for message in messages %}"
+                     "{% generation %}{{").replace("{% endfor %}", "{% endgeneration %}{% endfor %}")}
     if (smol := smollm2_chat_template()) is not None:
         templates["smollm2"] = smol  # injects a default system prompt when there is none
     specials = {"bos_token": "<|begin_of_text|>", "eos_token": "<|endoftext|>"}

@@ -10,12 +10,17 @@ examples, scored with BLEU and chrF (sacrebleu) and ROUGE-1/2/L (rouge-score).
 ``sft`` (instruction tuning, decoders) reads prompt/response or chat-message JSONL, renders each
 conversation with the model's Jinja chat template exactly as transformers' apply_chat_template
 does (ChatML when the model has none) and trains on the assistant turns only: each response and
-the end-of-turn marker after it. ``packing`` concatenates examples into block_size windows in
-which each example attends only to itself, with positions restarting per example, so a packed
-batch has the same loss as its examples one by one.
+the end-of-turn marker after it (see :mod:`.chat`). ``packing`` concatenates examples into
+block_size windows in which each example attends only to itself, with positions restarting per
+example, so a packed batch has the same loss as its examples one by one.
+
+Both train the backbone itself (no head). The task options (task_args) are recorded in the
+run's config.yaml, so `lmforge predict` / `lmforge evaluate` on the run generate the same way.
 
     lmforge finetune --task seq2seq --model t5-tiny --tokenizer tok.json --data eng-fra.tsv
-    lmforge finetune --task sft --model SmolLM2-135M-Instruct.Q4_1.gguf --data chats.jsonl
+    lmforge finetune --task sft --model SmolLM2-135M-Instruct.Q4_1.gguf --data chats.jsonl \
+        --task_args '{"packing": true}'
+    lmforge predict --model runs/finetune --data prompts.jsonl
 """
 
 from __future__ import annotations
@@ -24,9 +29,7 @@ import csv
 import json
 import logging
 import math
-import re
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from .base import EpochBatches, TaskObjective, cross_entropy, pad, register_task
+from .chat import DEFAULT_CHAT_TEMPLATE, ChatTemplate, special_token_strings
 from .metrics import generation_metrics
 
 log = logging.getLogger(__name__)
@@ -177,10 +181,12 @@ def read_conversations(path: str, labeled: bool = True, encoding: str = "utf-8")
     TSV/CSV with a prompt column. Labeled data needs an assistant turn in every example."""
     p = Path(path)
     if p.suffix != ".jsonl":
-        rows, index = read_table(p, encoding, {"prompt": None}, {"prompt": PROMPT_NAMES})
         if labeled:
             raise DataError(f"{p}: sft training and evaluation data is JSONL with prompt/response "
                             "or messages")
+        rows, index = read_table(p, encoding, {"prompt": None}, {"prompt": PROMPT_NAMES})
+        if index["prompt"] is None:
+            raise DataError(f"{p}: no prompt column (looked for {', '.join(PROMPT_NAMES)})")
         return [Conversation([{"role": "user", "content": cells[index["prompt"]]}], n)
                 for n, cells in rows if len(cells) > index["prompt"]]
     return [_conversation(record, f"{p}:{n}", n, labeled) for n, record in read_jsonl(p, encoding)]
@@ -213,81 +219,6 @@ def _conversation(record: dict, where: str, line: int, labeled: bool) -> Convers
     if labeled and not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"{where}: no assistant message to learn from")
     return Conversation(messages, line)
-
-
-# ---------------------------------------------------------------------------------------------
-# Chat templates
-
-# ChatML, the template transformers used for models without one.
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
-    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|im_start|>assistant\n' }}{% endif %}")
-SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token",
-                      "cls_token", "mask_token")
-
-
-class ChatTemplate:
-    """A Jinja chat template rendered as transformers renders it: a sandboxed environment
-    (``ImmutableSandboxedEnvironment``, trim_blocks, lstrip_blocks, loop controls), the
-    ``raise_exception`` and ``strftime_now`` helpers, a ``tojson`` that keeps non-ASCII text,
-    ``{% generation %}`` blocks accepted, and the special tokens (bos_token, eos_token, ...) as
-    variables."""
-
-    def __init__(self, source: str, special_tokens: dict[str, str]):
-        import jinja2
-        import jinja2.ext
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        class GenerationBlock(jinja2.ext.Extension):
-            """``{% generation %}...{% endgeneration %}`` marks assistant text; render its body."""
-
-            tags = {"generation"}
-
-            def parse(self, parser):
-                next(parser.stream)
-                return parser.parse_statements(("name:endgeneration",), drop_needle=True)
-
-        def raise_exception(message):
-            raise jinja2.exceptions.TemplateError(message)
-
-        def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-            return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                              sort_keys=sort_keys)
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                            extensions=[GenerationBlock, jinja2.ext.loopcontrols])
-        env.filters["tojson"] = tojson
-        env.globals["raise_exception"] = raise_exception
-        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-        try:
-            self.template = env.from_string(source)
-        except jinja2.TemplateError as exc:
-            raise ConfigError(f"the chat template does not compile: {exc}") from None
-        self.source, self.special_tokens = source, special_tokens
-
-    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        import jinja2
-        try:
-            return self.template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                        **self.special_tokens)
-        except jinja2.TemplateError as exc:
-            raise DataError(f"the chat template refused the conversation: {exc}") from None
-
-
-def special_token_strings(tokenizer_config: dict, tokenizer, eos_id: int | None) -> dict[str, str]:
-    """bos_token, eos_token, ... as strings (tokenizer_config values may be {"content": ...});
-    eos_token falls back to the tokenizer's end-of-text token."""
-    out = {}
-    for key in SPECIAL_TOKEN_KEYS:
-        value = tokenizer_config.get(key)
-        if isinstance(value, dict):
-            value = value.get("content")
-        if isinstance(value, str):
-            out[key] = value
-    if "eos_token" not in out and eos_id is not None:
-        out["eos_token"] = tokenizer.id_to_token(eos_id)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -572,26 +503,14 @@ class SFT(GenerativeTask):
                 raise ConfigError("the tokenizer_config has no default chat template")
         specials = special_token_strings(self.tokenizer_config, tokenizer, self.eos_id)
         self.template = ChatTemplate(source, specials)
-        self.end_of_turn = self._end_of_turn()
+        self.end_of_turn = self.template.end_of_turn(tokenizer)
+        # Generation stops at the end of the turn: one token id, or its text when the
+        # tokenizer spells it in several tokens (ChatML markers in a plain BPE).
         eot_id = tokenizer.token_to_id(self.end_of_turn) if self.end_of_turn else None
-        eos_id = tokenizer.token_to_id(specials.get("eos_token", "")) if specials.get("eos_token") else None
+        eos_id = tokenizer.token_to_id(specials["eos_token"]) if "eos_token" in specials else None
         self.stop_ids |= {i for i in (eot_id, eos_id) if i is not None}
         if self.end_of_turn and eot_id is None:
             self.stop_texts = [self.end_of_turn]
-
-    def _end_of_turn(self) -> str:
-        """What the template writes after an assistant message's content (``<|im_end|>``,
-        ``<|eot_id|>``, ``</s>``...): its first special token, else its stripped text."""
-        probe = "lmforge-probe-response"
-        try:
-            text = self.template.render([{"role": "user", "content": "Hi"},
-                                         {"role": "assistant", "content": probe}])
-        except DataError:
-            return ""
-        tail = text[text.index(probe) + len(probe):].lstrip() if probe in text else ""
-        specials = sorted((t.content for t in self.tokenizer.get_added_tokens_decoder().values()),
-                          key=len, reverse=True)
-        return next((t for t in specials if t and tail.startswith(t)), tail.rstrip())
 
     def read(self, path: str, labeled: bool = True) -> list[Conversation]:
         return read_conversations(path, labeled=labeled, encoding=self.encoding)
@@ -600,32 +519,11 @@ class SFT(GenerativeTask):
         pass
 
     # ---- rendering and masking ----------------------------------------------------------
-    def assistant_spans(self, text: str, messages: list[dict]) -> list[tuple[int, int]]:
-        """Character spans of ``text`` that carry a loss: each assistant message's content and
-        the end-of-turn marker after it. Messages are found in order, so an answer that also
-        appears in the prompt is matched where the assistant says it."""
-        spans, cursor = [], 0
-        eot = re.compile(r"\s*" + re.escape(self.end_of_turn)) if self.end_of_turn else None
-        for m in messages:
-            content = m["content"].strip()  # templates may trim the content
-            at = text.find(content, cursor)
-            if at < 0:
-                raise DataError(f"the chat template does not write the {m['role']} message "
-                                f"verbatim ({content[:40]!r})")
-            end = at + len(content)
-            if m["role"] == "assistant":
-                match = eot.match(text, end) if eot else None
-                if match:
-                    end = match.end()
-                spans.append((at, end))
-            cursor = end
-        return spans
-
     def encode_conversation(self, messages: list[dict]) -> tuple[list[int], list[int]]:
         """(ids, labels aligned with them) of a rendered conversation: labels are the ids on
         the assistant spans, -100 elsewhere."""
         text = self.template.render(messages)
-        spans = self.assistant_spans(text, messages)
+        spans = self.template.assistant_spans(text, messages, self.end_of_turn)
         enc = self.tokenizer.encode(text, add_special_tokens=False)
         ids, labels = list(enc.ids), []
         for token_id, (start, _) in zip(ids, enc.offsets):
@@ -637,7 +535,7 @@ class SFT(GenerativeTask):
         return ids, labels
 
     def featurize(self, rows: list[Conversation], training: bool) -> list[dict]:
-        features = []
+        features, dropped = [], 0
         for i, conv in enumerate(rows):
             try:
                 if not any(m["role"] == "assistant" for m in conv.messages):  # to predict
@@ -652,14 +550,15 @@ class SFT(GenerativeTask):
                 ids, labels = ids[:self.max_length], labels[:self.max_length]
                 self.truncated += 1
             if all(x == -100 for x in labels[1:]):
-                self.dropped += 1  # the response fell beyond max_length
+                dropped += 1  # the response fell beyond max_length
                 continue
             reference = [m["content"] for m in conv.messages if m["role"] == "assistant"][-1]
             features.append({"input_ids": ids, "labels": labels, "prompt_ids": None,
                              "reference": reference, "index": i})
-        if self.dropped:
-            log.warning(f"{self.dropped} conversation(s) have no response token within "
+        if dropped:
+            log.warning(f"{dropped} conversation(s) have no response token within "
                         f"{self.max_length} tokens and were left out")
+        self.dropped += dropped
         return features
 
     def prompt_ids(self, conv: Conversation) -> list[int]:

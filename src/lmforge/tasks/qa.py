@@ -254,6 +254,9 @@ class QuestionAnswering(TaskObjective):
                            ("max_answer_length", max_answer_length), ("n_best", n_best)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"task option '{key}' must be a positive integer, got {value!r}")
+        if version_2_with_negative not in (None, True, False):
+            raise ConfigError(f"task option 'version_2_with_negative' must be true, false or null "
+                              f"(auto), got {version_2_with_negative!r}")
         self.special = 3 if arch == "encoder" else 2  # [CLS] q [SEP] c [SEP] / q <eos> c <eos>
         if max_length - max_query_length - self.special < 1:
             raise ConfigError(f"max_length {max_length} leaves no room for the context after a "
