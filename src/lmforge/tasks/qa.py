@@ -90,7 +90,8 @@ def _squad(path: Path, data: list, labeled: bool, articles: list[int] | None) ->
                     if labeled:
                         answers = [] if qa.get("is_impossible") else \
                             [(a["text"], int(a["answer_start"])) for a in qa["answers"]]
-                    questions.append(_checked(path, Question(str(qa["id"]), qa["question"], context, answers)))
+                    question = Question(str(qa["id"]), qa["question"], context, answers)
+                    questions.append(_checked(path, question))
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path}: not a SQuAD file (a question or paragraph lacks or misformats "
                         f"{exc})") from None
@@ -114,12 +115,15 @@ def _json_lines(path: Path, text: str, labeled: bool) -> list[Question]:
                 raise DataError(f"{path}:{n}: no 'answers' field (use [] for an unanswerable question)")
             raw = record["answers"]
             if isinstance(raw, dict):  # Hugging Face datasets: {"text": [...], "answer_start": [...]}
-                raw = [{"text": t, "answer_start": s} for t, s in zip(raw.get("text", []), raw.get("answer_start", []))]
+                raw = [{"text": t, "answer_start": s}
+                       for t, s in zip(raw.get("text", []), raw.get("answer_start", []))]
             try:
                 answers = [(a["text"], int(a["answer_start"])) for a in raw]
             except (KeyError, TypeError, ValueError):
-                raise DataError(f"{path}:{n}: answers must be objects with 'text' and 'answer_start'") from None
-        question = Question(str(record.get("id", n)), str(record["question"]), str(record["context"]), answers)
+                raise DataError(f"{path}:{n}: answers must be objects with 'text' and "
+                                "'answer_start'") from None
+        question = Question(str(record.get("id", n)), str(record["question"]), str(record["context"]),
+                            answers)
         questions.append(_checked(path, question))
     return questions
 
@@ -165,7 +169,8 @@ def best_answer(context: str, windows: list[Window], n_best: int = 20, max_answe
     each window, spans of context tokens with start <= end and at most ``max_answer_length``
     tokens, scored start + end logit. With ``allow_null`` (SQuAD 2.0) the answer is "" when
     the null score (start[0] + end[0], the lowest over windows) exceeds the best span's score
-    by more than ``null_threshold``. Offsets are characters: context[start:end] == answer."""
+    by more than ``null_threshold``. Offsets are characters: context[start:end] == answer
+    (without the leading space a byte-level BPE token carries; blank spans are no answer)."""
     null = min(float(w.start_logits[0] + w.end_logits[0]) for w in windows)
     best = None  # (score, first char, end char)
     for w in windows:
@@ -177,7 +182,7 @@ def best_answer(context: str, windows: list[Window], n_best: int = 20, max_answe
                 if not 0 <= i <= j < len(w.offsets) or j - i + 1 > max_answer_length:
                     continue
                 score = float(w.start_logits[s] + w.end_logits[e])
-                if best is None or score > best[0]:
+                if (best is None or score > best[0]) and context[w.offsets[i][0]:w.offsets[j][1]].strip():
                     best = (score, w.offsets[i][0], w.offsets[j][1])
     if best is None or (allow_null and null > best[0] + null_threshold):
         return {"answer": "", "start": 0, "end": 0, "score": round(null, 4)}
@@ -235,7 +240,16 @@ def squad_scores(golds: list[list[str]], preds: list[str]) -> dict[str, float]:
 @register_task
 class QuestionAnswering(TaskObjective):
     """Start/end cross-entropy (their mean) over the tokens of each window; validation runs the
-    full post-processing and scores EM / F1 per question."""
+    full post-processing and scores EM / F1 per question. Task options (``--task_args``):
+
+    - ``doc_stride`` (128): tokens between the starts of consecutive windows (Google's
+      run_squad.py; Hugging Face's run_qa.py names the overlap instead);
+    - ``max_query_length`` (64): question tokens kept; ``max_answer_length`` (30): longest
+      answer in tokens; ``n_best`` (20): starts and ends searched per window;
+    - ``null_threshold`` (0.0) and ``version_2_with_negative`` (default: true when a training
+      question is unanswerable): when "" may be, and is, the answer;
+    - ``articles``: 0-based articles of the training file (--data) to use.
+    """
 
     name = "qa"
     head = "qa"
@@ -329,7 +343,8 @@ class QuestionAnswering(TaskObjective):
 
     def loss(self, model, batch) -> torch.Tensor:
         start, end = self.span_logits(model, batch)
-        return (cross_entropy(start, batch["start_positions"]) + cross_entropy(end, batch["end_positions"])) / 2
+        return (cross_entropy(start, batch["start_positions"])
+                + cross_entropy(end, batch["end_positions"])) / 2
 
     @torch.no_grad()
     def window_logits(self, model, batches, device, autocast_ctx) -> tuple[dict[int, tuple], float | None]:
@@ -345,7 +360,8 @@ class QuestionAnswering(TaskObjective):
                              + cross_entropy(end, batch["end_positions"]).item()) / 2 * len(start)
                 count += len(start)
             start, end = start.cpu().numpy(), end.cpu().numpy()
-            for row, (i, n) in enumerate(zip(batch["index"].tolist(), batch["attention_mask"].sum(1).tolist())):
+            lengths = batch["attention_mask"].sum(1).tolist()
+            for row, (i, n) in enumerate(zip(batch["index"].tolist(), lengths)):
                 logits[i] = (start[row, :n], end[row, :n])
         return logits, (loss_sum / count if count else None)
 
@@ -369,7 +385,8 @@ class QuestionAnswering(TaskObjective):
 
     def predict(self, model, questions: list[Question], batch_size: int, device, autocast_ctx) -> list[dict]:
         features = self.windows(questions)
-        logits, _ = self.window_logits(model, self.eval_batches(features, 0, batch_size, 0), device, autocast_ctx)
+        batches = self.eval_batches(features, 0, batch_size, 0)
+        logits, _ = self.window_logits(model, batches, device, autocast_ctx)
         return self.answers(questions, features, logits)
 
     def describe(self, question: Question) -> dict:

@@ -100,6 +100,8 @@ def _delimited(path, text_column, pair_column, label_column, labeled, encoding, 
             lines = list(csv.reader(f, delimiter=delimiter, quoting=quoting))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
+    if not any(any(c.strip() for c in cells) for cells in lines):
+        raise DataError(f"{path}: no examples (empty file)")
     names = lines[0] if header and lines else None
     body = lines[1:] if header else lines
     start = 2 if header else 1
