@@ -53,3 +53,42 @@ def read_text_file(path: str, what: str) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {what} {path}: {exc}") from None
 
+
+
+def add_task_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of the commands that run a fine-tuned task model (`predict`, `evaluate`)."""
+    p.add_argument("--task", help="task of a model without a head (seq2seq, sft; default: the "
+                                  "task its fine-tuning run recorded)")
+    p.add_argument("--max-new-tokens", type=int, dest="max_new_tokens",
+                   help="seq2seq/sft: tokens to generate (default: the run's task option)")
+    p.add_argument("--num-beams", type=int, dest="num_beams",
+                   help="seq2seq/sft: beam search width, 1 = greedy (default: the run's)")
+    p.add_argument("--task-args", dest="task_args",
+                   help="seq2seq/sft task options as JSON, over those the run recorded")
+    p.add_argument("--text-column", dest="text_column")
+    p.add_argument("--text-pair-column", dest="text_pair_column")
+    p.add_argument("--encoding", default="utf-8")
+    p.add_argument("--batch-size", type=int, default=32)
+
+
+def load_task(args: argparse.Namespace):
+    """(model in eval mode, its task objective, device, autocast context factory) for --model:
+    a task head's own task, or the generative task and options its fine-tuning run recorded."""
+    from ..tasks.inference import headless_task_options, objective_for
+    from ..training.runtime import autocast, resolve_precision
+    model, tokenizer, tok_cfg = load_model_tokenizer_config(args)
+    options = {}
+    spec = getattr(model, "spec", None)
+    if spec is not None and spec.task in ("classification", "regression"):
+        options = dict(text_column=args.text_column, text_pair_column=args.text_pair_column,
+                       label_column=getattr(args, "label_column", None),
+                       encoding=args.encoding)
+    task = args.task
+    if spec is None:  # a generative model: the options its run recorded, then the flags
+        task, options = headless_task_options(args.model, args.task, tok_cfg, args.task_args,
+                                              max_new_tokens=args.max_new_tokens,
+                                              num_beams=args.num_beams, encoding=args.encoding)
+    objective = objective_for(model, tokenizer, task, **options)
+    device = next(model.parameters()).device
+    precision = resolve_precision(args.precision, device)
+    return model.eval(), objective, device, lambda: autocast(device, precision)

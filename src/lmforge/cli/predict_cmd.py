@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import DataError
-from .inference import add_model_flags, load_model_tokenizer_config
+from .inference import add_model_flags, add_task_flags, load_task
 
 
 def register(sub) -> None:
@@ -22,18 +22,7 @@ def register(sub) -> None:
     add_model_flags(p, precision="auto")
     p.add_argument("--data", default="-", help="input file, or - for stdin (default)")
     p.add_argument("--output", "-o", help="JSONL output file (default: stdout)")
-    p.add_argument("--task", help="task of a model without a head (seq2seq, sft; default: the "
-                                  "task its fine-tuning run recorded)")
-    p.add_argument("--max-new-tokens", type=int, dest="max_new_tokens",
-                   help="seq2seq/sft: tokens to generate (default: the run's task option)")
-    p.add_argument("--num-beams", type=int, dest="num_beams",
-                   help="seq2seq/sft: beam search width, 1 = greedy (default: the run's)")
-    p.add_argument("--task-args", dest="task_args",
-                   help="seq2seq/sft task options as JSON, over those the run recorded")
-    p.add_argument("--text-column", dest="text_column")
-    p.add_argument("--text-pair-column", dest="text_pair_column")
-    p.add_argument("--encoding", default="utf-8")
-    p.add_argument("--batch-size", type=int, default=32)
+    add_task_flags(p)
     p.set_defaults(func=run)
 
 
@@ -57,26 +46,10 @@ def stdin_file(task: str) -> Path:
 
 
 def run(args) -> int:
-    from ..tasks.inference import headless_task_options, objective_for
-    from ..training.runtime import autocast, resolve_precision
-    model, tokenizer, tok_cfg = load_model_tokenizer_config(args)
-    options = {}
-    spec = getattr(model, "spec", None)
-    if spec is not None and spec.task in ("classification", "regression"):
-        options = dict(text_column=args.text_column, text_pair_column=args.text_pair_column,
-                       encoding=args.encoding)
-    task = args.task
-    if spec is None:  # a generative model: the options its run recorded, then the flags
-        task, options = headless_task_options(args.model, args.task, tok_cfg, args.task_args,
-                                              max_new_tokens=args.max_new_tokens,
-                                              num_beams=args.num_beams, encoding=args.encoding)
-    objective = objective_for(model, tokenizer, task, **options)
+    model, objective, device, autocast_ctx = load_task(args)
     path = stdin_file(objective.name) if args.data == "-" else Path(args.data)
     examples = objective.read(str(path), labeled=False)
-    device = next(model.parameters()).device
-    precision = resolve_precision(args.precision, device)
-    predictions = objective.predict(model.eval(), examples, args.batch_size, device,
-                                    lambda: autocast(device, precision))
+    predictions = objective.predict(model, examples, args.batch_size, device, autocast_ctx)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
         for example, prediction in zip(examples, predictions):

@@ -25,10 +25,6 @@ from ..models.io import build_model, load_model
 from ..models.lora import apply_lora, merge_lora, trainable_parameters
 from ..training.config import TrainConfig
 from ..training.engine import Trainer
-from . import classification  # noqa: F401  (registers the tasks)
-from . import generative  # noqa: F401
-from . import ner  # noqa: F401
-from . import qa  # noqa: F401
 from .base import TaskObjective, get_task
 from .model import TaskModel, TaskSpec
 

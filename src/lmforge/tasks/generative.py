@@ -26,7 +26,6 @@ run's config.yaml, so `lmforge predict` / `lmforge evaluate` on the run generate
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from ..errors import ConfigError, DataError
 from .base import EpochBatches, TaskObjective, cross_entropy, pad, register_task
 from .chat import DEFAULT_CHAT_TEMPLATE, ChatTemplate, special_token_strings
 from .metrics import generation_metrics
+from .tabular import json_records
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +79,7 @@ def _read_lines(path: Path, encoding: str) -> list[str]:
 
 def read_jsonl(path: Path, encoding: str = "utf-8") -> list[tuple[int, dict]]:
     """(line number, object) of each non-blank line; a bad line is a DataError naming it."""
-    records = []
-    for n, line in enumerate(_read_lines(path, encoding), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{n}: expected a JSON object")
-        records.append((n, record))
+    records = json_records(path, _read_lines(path, encoding))
     if not records:
         raise DataError(f"{path}: no examples")
     return records

@@ -9,10 +9,6 @@ from pathlib import Path
 from ..config import load_file
 from ..errors import ConfigError
 from .base import TaskObjective, get_task
-from . import classification  # noqa: F401  (registers the tasks)
-from . import generative  # noqa: F401
-from . import ner  # noqa: F401
-from . import qa  # noqa: F401
 
 
 def objective_for(model, tokenizer, task: str | None = None, max_length: int | None = None,

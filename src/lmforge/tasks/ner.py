@@ -19,7 +19,6 @@ entity-level precision / recall / F1 (micro, macro and per type) and token accur
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections import Counter
@@ -30,6 +29,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from .base import TaskObjective, cross_entropy, register_task
+from .tabular import json_records
 
 log = logging.getLogger(__name__)
 
@@ -196,15 +196,7 @@ def _conll(path: Path, lines: list[str], labeled: bool) -> list[Sentence]:
 
 def _jsonl(path: Path, lines: list[str], labeled: bool) -> list[Sentence]:
     sentences = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{n}: expected a JSON object")
+    for n, record in json_records(path, lines):
         if "tokens" not in record:
             if not labeled and isinstance(record.get("text"), str):
                 sentences.append(Sentence.from_text(record["text"], n))

@@ -28,6 +28,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from .base import TaskObjective, cross_entropy, register_task
+from .tabular import json_records
 
 
 @dataclass
@@ -100,14 +101,8 @@ def _squad(path: Path, data: list, labeled: bool, articles: list[int] | None) ->
 
 def _json_lines(path: Path, text: str, labeled: bool) -> list[Question]:
     questions = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or not {"question", "context"} <= set(record):
+    for n, record in json_records(path, text.splitlines()):
+        if not {"question", "context"} <= set(record):
             raise DataError(f"{path}:{n}: expected a JSON object with 'question' and 'context'")
         answers = None
         if labeled:

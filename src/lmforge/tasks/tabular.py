@@ -124,12 +124,10 @@ def _delimited(path, text_column, pair_column, label_column, labeled, encoding, 
     return rows
 
 
-def _jsonl(path, text_column, pair_column, label_column, labeled, encoding) -> list[Row]:
-    rows = []
-    try:
-        lines = path.read_text(encoding=encoding).splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
+def json_records(path: Path, lines: list[str]) -> list[tuple[int, dict]]:
+    """(line number, object) of each non-blank JSON line; a bad line is a DataError naming it.
+    The one JSON-lines parser of every task reader."""
+    records = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -139,6 +137,17 @@ def _jsonl(path, text_column, pair_column, label_column, labeled, encoding) -> l
             raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}:{n}: expected a JSON object")
+        records.append((n, record))
+    return records
+
+
+def _jsonl(path, text_column, pair_column, label_column, labeled, encoding) -> list[Row]:
+    rows = []
+    try:
+        lines = path.read_text(encoding=encoding).splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    for n, record in json_records(path, lines):
         keys = list(record)
         t = text_column or next((k for k in TEXT_NAMES if k in record), None)
         if t not in record:
