@@ -24,7 +24,7 @@ from ..models.config import preset
 from ..models.io import build_model, load_model
 from ..models.lora import apply_lora, merge_lora, trainable_parameters
 from ..training.config import TrainConfig
-from ..training.engine import Trainer
+from ..training.engine import Trainer, set_dropout
 from .base import TaskObjective, get_task
 from .model import TaskModel, TaskSpec
 
@@ -179,11 +179,7 @@ class FinetuneTrainer(Trainer):
             args.setdefault("vocab_size", tokenizer.get_vocab_size())
             model = build_model(preset(cfg.model, **args))
         if cfg.dropout is not None:
-            for m in model.modules():
-                if isinstance(m, torch.nn.Dropout):
-                    m.p = cfg.dropout
-                elif hasattr(m, "dropout") and isinstance(m.dropout, float):
-                    m.dropout = cfg.dropout
+            set_dropout(model, cfg.dropout)
         if tokenizer.get_vocab_size() > model.config.vocab_size:
             raise DataError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model only "
                             f"{model.config.vocab_size} embeddings: not the model's tokenizer")

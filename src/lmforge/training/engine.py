@@ -45,6 +45,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """Override the dropout of a built model: Dropout modules and attention's float rate."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = p
+        elif hasattr(m, "dropout") and isinstance(m.dropout, float):
+            m.dropout = p
+
+
 def build_model_for(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
     """A fresh model from a preset, or one loaded from a model folder (fine-tuning, continued
     pretraining). ``model_args`` override preset fields; the vocab follows the dataset."""
@@ -55,11 +64,7 @@ def build_model_for(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
             raise ConfigError("model_args cannot change the architecture of a pretrained model "
                               f"({cfg.model}); drop {', '.join(args)}")
         if cfg.dropout is not None:
-            for m in model.modules():
-                if isinstance(m, torch.nn.Dropout):
-                    m.p = cfg.dropout
-                elif hasattr(m, "dropout") and isinstance(m.dropout, float):
-                    m.dropout = cfg.dropout
+            set_dropout(model, cfg.dropout)
         return model.train()
     args.setdefault("vocab_size", vocab_size)
     if cfg.dropout is not None:
