@@ -280,3 +280,22 @@ def test_experiment_pretrain_vs_scratch(tmp_path):
     a = from_pretrained(tmp_path / "exp" / "pretrained" / "seed-1")
     b = from_pretrained(tmp_path / "exp" / "scratch" / "seed-1")
     assert not torch.allclose(a.backbone.wte.weight, b.backbone.wte.weight, atol=1e-2)
+
+
+def test_max_train_examples_is_one_fixed_subset(tmp_path):
+    """The subset is the same for every seed (both experiment arms see the same examples)."""
+    from lmforge.tasks.finetune import FinetuneTrainer
+    tok = train_tokenizer([str(Path(__file__))], kind="wordpiece", vocab_size=300)
+    body = build_model(preset("bert-mini", vocab_size=tok.get_vocab_size(), n_layer=1))
+    save_pretrained(body, tmp_path / "body", tokenizer=tok)
+    (tmp_path / "train.tsv").write_text("text\tlabel\n" + "".join(f"row {i}\t{i % 2}\n" for i in range(50)))
+    (tmp_path / "dev.tsv").write_text("text\tlabel\nrow x\t0\nrow y\t1\n")
+    seen = []
+    for seed in (1, 2):
+        cfg = FinetuneConfig(model=str(tmp_path / "body"), data=str(tmp_path / "train.tsv"),
+                             val_data=str(tmp_path / "dev.tsv"), out_dir=str(tmp_path / f"r{seed}"),
+                             max_train_examples=12, seed=seed, progress=False, tensorboard=False)
+        seen.append(sorted(f["input_ids"][:8].__repr__() for f in FinetuneTrainer(cfg).train_data))
+    assert len(seen[0]) == 12 and seen[0] == seen[1]
+    with pytest.raises(ConfigError, match="max_train_examples"):
+        FinetuneConfig(model="m", data="d", max_train_examples=-1).validate()

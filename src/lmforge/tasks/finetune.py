@@ -47,6 +47,7 @@ class FinetuneConfig(TrainConfig):
     task: str = _help("classification, regression, token-classification, qa, seq2seq or sft", "classification")
     val_data: str = _help("validation file (default: hold out val_fraction of the training data)", "")
     val_fraction: float = _help("share of training examples held out when there is no val_data", 0.1)
+    max_train_examples: int = _help("train on a fixed random subset of this many examples (0 = all)", 0)
     tokenizer: str | None = _help("tokenizer for a preset model (default: the model's own)", None)
     from_scratch: bool = _help("same architecture and tokenizer as --model, randomly initialized", False)
     text_column: str | None = _help("text column/field (default: sentence, text, sentence1, ...)", None)
@@ -89,6 +90,8 @@ class FinetuneConfig(TrainConfig):
             raise ConfigError(f"config field 'val_fraction' must be in (0, 1), got {self.val_fraction}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"config field 'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_train_examples < 0:
+            raise ConfigError(f"config field 'max_train_examples' must be >= 0, got {self.max_train_examples}")
         if self.lora_r < 0:
             raise ConfigError(f"config field 'lora_r' must be >= 0, got {self.lora_r}")
         if self.trainable_layers is not None and self.trainable_layers < 0:
@@ -106,6 +109,13 @@ def split_validation(rows: list, fraction: float) -> tuple[list, list]:
     n_val = max(1, int(round(fraction * len(rows))))
     val = set(order[:n_val].tolist())
     return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
+
+
+def subsample(rows: list, n: int) -> list:
+    """A fixed random subset in the original order (seed 0: every run seed and both arms of an
+    experiment train on the same examples)."""
+    keep = np.sort(np.random.default_rng(0).permutation(len(rows))[:n])
+    return [rows[i] for i in keep]
 
 
 class FinetuneTrainer(Trainer):
@@ -142,6 +152,8 @@ class FinetuneTrainer(Trainer):
             val_rows = objective.read(cfg.val_data)
         else:
             train_rows, val_rows = split_validation(train_rows, cfg.val_fraction)
+        if 0 < cfg.max_train_examples < len(train_rows):
+            train_rows = subsample(train_rows, cfg.max_train_examples)
         objective.fit_labels(train_rows)
         if cfg.best_metric == "auto":
             cfg.best_metric = objective.default_metric
