@@ -15,3 +15,7 @@ class CheckpointError(LMForgeError):
 
 class DataError(LMForgeError):
     """A missing, empty or malformed input file or dataset."""
+
+
+class DistributedError(LMForgeError):
+    """A distributed run lost a rank or could not start (torchrun environment, process group)."""

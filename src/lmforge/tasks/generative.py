@@ -228,6 +228,8 @@ class GenerativeTask(TaskObjective):
         super().__init__(tokenizer, arch, max_length, **options)
         for name, value, low in (("max_new_tokens", max_new_tokens, 1), ("num_beams", num_beams, 1),
                                  ("max_eval_examples", max_eval_examples, 0)):
+            if name == "max_eval_examples" and value is None:
+                continue  # no generation at evaluation
             if not isinstance(value, int) or value < low:
                 raise ConfigError(f"task option {name} must be an integer >= {low}, got {value!r}")
         self.max_new_tokens, self.num_beams = max_new_tokens, num_beams
@@ -254,6 +256,20 @@ class GenerativeTask(TaskObjective):
     def eval_batches(self, data, block_size: int, batch_size: int, count: int) -> list:
         self.eval_features, self.eval_batch_size = data, batch_size  # for generation at evaluate
         return super().eval_batches(data, block_size, batch_size, count)
+
+    def generated_metrics(self, model, autocast_ctx) -> dict[str, float]:
+        """BLEU, chrF, ROUGE and exact match of generated outputs for the first
+        ``max_eval_examples`` labeled validation examples (0: all of them; None: none)."""
+        if self.max_eval_examples is None:
+            return {}
+        chosen = [f for f in self.eval_features if f["reference"] is not None]
+        chosen = chosen[:self.max_eval_examples or None]
+        if not chosen:
+            return {}
+        hyps = self.generate_texts(model, [f["prompt_ids"] for f in chosen], self.eval_batch_size,
+                                   autocast_ctx)
+        scores = generation_metrics(hyps, [f["reference"] for f in chosen])
+        return {f"val_{k}": v for k, v in scores.items()}
 
     def decoder_start(self, model) -> int:
         start = model.config.decoder_start_token_id
@@ -444,15 +460,7 @@ class Seq2Seq(GenerativeTask):
     def evaluate(self, model, batches, device, autocast_ctx) -> dict[str, float]:
         loss, acc = self.teacher_forced(model, batches, device, autocast_ctx)
         metrics = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_token_acc": acc}
-        chosen = [f for f in self.eval_features if f["reference"] is not None]
-        if self.max_eval_examples:
-            chosen = chosen[:self.max_eval_examples]
-        if chosen:
-            hyps = self.generate_texts(model, [f["prompt_ids"] for f in chosen], self.eval_batch_size,
-                                       autocast_ctx)
-            scores = generation_metrics(hyps, [f["reference"] for f in chosen])
-            metrics |= {f"val_{k}": v for k, v in scores.items()}
-        return metrics
+        return metrics | self.generated_metrics(model, autocast_ctx)
 
     def predict(self, model, rows: list[TextPair], batch_size: int, device, autocast_ctx) -> list[dict]:
         features = self.featurize([TextPair(r.source, None, r.line) for r in rows], training=False)
@@ -472,15 +480,19 @@ class SFT(GenerativeTask):
     """Instruction tuning of a decoder on chat conversations (see the module docstring).
     Options: chat_template (a Jinja template or a path to one; default the model's
     tokenizer_config chat_template, else ChatML), packing, max_new_tokens and num_beams
-    (predict)."""
+    (predict), max_eval_examples (generate the responses of that many validation examples at
+    each evaluation and score them: exact match is the accuracy of label-like responses;
+    0 = all; default none, as long responses are slow to generate)."""
 
     name = "sft"
     default_metric = "val_loss"
     archs = ("decoder",)
 
     def __init__(self, tokenizer, arch: str, max_length: int, chat_template: str | None = None,
-                 packing: bool = False, max_new_tokens: int = 256, **options):
-        super().__init__(tokenizer, arch, max_length, max_new_tokens=max_new_tokens, **options)
+                 packing: bool = False, max_new_tokens: int = 256, max_eval_examples: int | None = None,
+                 **options):
+        super().__init__(tokenizer, arch, max_length, max_new_tokens=max_new_tokens,
+                         max_eval_examples=max_eval_examples, **options)
         if not isinstance(packing, bool):
             raise ConfigError(f"task option packing must be true or false, got {packing!r}")
         self.packing = packing
@@ -543,7 +555,8 @@ class SFT(GenerativeTask):
                 dropped += 1  # the response fell beyond max_length
                 continue
             reference = [m["content"] for m in conv.messages if m["role"] == "assistant"][-1]
-            features.append({"input_ids": ids, "labels": labels, "prompt_ids": None,
+            prompt = None if training or self.max_eval_examples is None else self.prompt_ids(conv)
+            features.append({"input_ids": ids, "labels": labels, "prompt_ids": prompt,
                              "reference": reference, "index": i})
         if dropped:
             log.warning(f"{dropped} conversation(s) have no response token within "
@@ -571,7 +584,8 @@ class SFT(GenerativeTask):
     # ---- evaluation and prediction ------------------------------------------------------
     def evaluate(self, model, batches, device, autocast_ctx) -> dict[str, float]:
         loss, acc = self.teacher_forced(model, batches, device, autocast_ctx)
-        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_response_acc": acc}
+        metrics = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_response_acc": acc}
+        return metrics | self.generated_metrics(model, autocast_ctx)
 
     def predict(self, model, rows: list[Conversation], batch_size: int, device, autocast_ctx) -> list[dict]:
         prompts = []

@@ -67,12 +67,16 @@ def plot_confusion(matrix: np.ndarray, labels: list[str], path: str | Path, titl
 
 
 def generation_metrics(hypotheses: list[str], references: list[str]) -> dict[str, float]:
-    """Corpus BLEU and chrF (sacrebleu, 0-100) and ROUGE-1/2/L F-measures averaged over the
-    examples (rouge-score with Porter stemming, 0-1), one reference per hypothesis."""
+    """Corpus BLEU and chrF (sacrebleu, 0-100), ROUGE-1/2/L F-measures averaged over the
+    examples (rouge-score with Porter stemming, 0-1) and exact match after SQuAD's answer
+    normalization (0-100; accuracy when the outputs are labels), one reference per hypothesis."""
     import sacrebleu
     from rouge_score import rouge_scorer
+    from .qa import normalize_answer
     out = {"bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
-           "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score}
+           "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
+           "exact_match": 100.0 * float(np.mean([normalize_answer(h) == normalize_answer(r)
+                                                 for h, r in zip(hypotheses, references)]))}
     kinds = ("rouge1", "rouge2", "rougeL")
     scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=True)
     scores = [scorer.score(ref, hyp) for ref, hyp in zip(references, hypotheses)]

@@ -5,6 +5,10 @@ A checkpoint is a folder ``checkpoints/step-NNNNNNNN/`` holding ``model.safetens
 arbitrary unpickling), ``state.json`` (step, RNG states, data position, config) and
 ``manifest.json`` (SHA-256 of every file, written last). It is written under a temporary name
 and renamed into place, so a crash mid-write leaves only a stray temp folder.
+
+A distributed run (torchrun) writes model and optimizer through ``torch.distributed.checkpoint``
+instead: ``dcp/`` holds each rank's shards and the metadata that lets any number of ranks, one
+included, load them resharded (:func:`save_sharded`, :func:`load_checkpoint`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ..models.io import load_model_state, load_weights, model_state, replace_dir
 from safetensors.torch import save_file
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
+DCP_DIR = "dcp"
 
 
 def _sha256(path: Path) -> str:
@@ -137,25 +142,112 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer) -> tuple[dict, dict]:
-    """Verify, then load model and optimizer in place; return (state.json, tensors)."""
-    verify(ckpt)
-    state = json.loads((ckpt / "state.json").read_text())
-    load_model_state(model, load_weights(ckpt / "model.safetensors"), str(ckpt))
+def save_sharded(ckpt_root: Path, step: int, model: torch.nn.Module, optimizer, state: dict,
+                 tensors: dict[str, Any], rank: int) -> Path:
+    """Collective form of :func:`save_checkpoint` for every rank of a distributed run: each rank
+    writes its own model and optimizer shards to ``dcp/`` (``torch.distributed.checkpoint``) and
+    hashes them; rank 0 writes the rest and renames the folder into place."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    final = ckpt_root / f"step-{step:08d}"
+    tmp = ckpt_root / f".tmp-step-{step:08d}"  # one name for all ranks (no pid)
+    if rank == 0:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    dist.barrier()
+    model_state_dict, optim_state_dict = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state_dict, "optim": optim_state_dict}, checkpoint_id=str(tmp / DCP_DIR))
+    own = {f"{DCP_DIR}/{p.name}": _sha256(p) for p in sorted((tmp / DCP_DIR).glob(f"__{rank}_*"))}
+    hashes: list[dict] = [{}] * dist.get_world_size()
+    dist.all_gather_object(hashes, own)
+    if rank == 0:
+        try:
+            torch.save(tensors, tmp / "tensors.pt")
+            (tmp / "state.json").write_text(json.dumps(state))
+            files = {name: _sha256(tmp / name) for name in ("tensors.pt", "state.json")}
+            files[f"{DCP_DIR}/.metadata"] = _sha256(tmp / DCP_DIR / ".metadata")
+            for part in hashes:
+                files.update(part)
+            (tmp / "manifest.json").write_text(json.dumps({"step": step, "files": files}, indent=1))
+            for name in ("tensors.pt", "state.json", "manifest.json"):
+                with open(tmp / name, "rb") as f:
+                    os.fsync(f.fileno())
+            _fsync_dir(tmp)
+            replace_dir(tmp, final)
+            _write_atomic(ckpt_root / "latest", final.name)
+            _fsync_dir(ckpt_root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def is_sharded(ckpt: Path) -> bool:
+    """Whether ``ckpt`` was written by a distributed run (``torch.distributed.checkpoint``)."""
+    return (ckpt / DCP_DIR).is_dir()
+
+
+def read_state(ckpt: Path) -> dict:
+    """A checkpoint's ``state.json`` (step, data position, the world that wrote it)."""
     try:
-        opt_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+        return json.loads((ckpt / "state.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise CheckpointError(f"corrupt checkpoint {ckpt}: unreadable state.json") from None
+
+
+def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer,
+                    verified: bool = False) -> tuple[dict, dict]:
+    """Verify (unless ``verified``), then load model and optimizer in place; return
+    (state.json, tensors). A sharded checkpoint loads into any world size: the model may be
+    plain, DDP's or sharded by FSDP (collective then: every rank calls this)."""
+    if not verified:
+        verify(ckpt)
+    state = read_state(ckpt)
+    from torch.distributed.checkpoint.api import CheckpointException
+    try:
         tensors = torch.load(ckpt / "tensors.pt", map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(opt_state)
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint {ckpt} does not fit this run's optimizer: "
-                              f"{str(exc).splitlines()[0]}") from None
+        if is_sharded(ckpt):
+            _load_sharded(ckpt, model, optimizer)
+        else:
+            load_model_state(model, load_weights(ckpt / "model.safetensors"), str(ckpt))
+            opt_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+            optimizer.load_state_dict(opt_state)
+    except (RuntimeError, ValueError, KeyError, CheckpointException) as exc:
+        raise CheckpointError(f"checkpoint {ckpt} does not fit this run's model or optimizer: "
+                              f"{str(exc).strip().splitlines()[0]}") from None
     return state, tensors
 
 
-def load_model_weights(ckpt: Path, model: torch.nn.Module) -> None:
+def _load_sharded(ckpt: Path, model: torch.nn.Module, optimizer=None) -> None:
+    """Read ``dcp/`` into ``model`` (and ``optimizer``), resharding to this run's world (one
+    process without a process group included)."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict,
+                                                         set_model_state_dict, set_state_dict)
+    if optimizer is None:
+        model_state_dict = get_model_state_dict(model)
+        dcp.load({"model": model_state_dict}, checkpoint_id=str(ckpt / DCP_DIR),
+                 no_dist=not dist.is_initialized())
+        set_model_state_dict(model, model_state_dict)
+        return
+    model_state_dict, optim_state_dict = get_state_dict(model, optimizer)
+    dcp.load({"model": model_state_dict, "optim": optim_state_dict}, checkpoint_id=str(ckpt / DCP_DIR),
+             no_dist=not dist.is_initialized())
+    set_state_dict(model, optimizer, model_state_dict=model_state_dict, optim_state_dict=optim_state_dict)
+
+
+def load_model_weights(ckpt: Path, model: torch.nn.Module, verified: bool = False) -> None:
     """Verify a checkpoint and load only its model weights (e.g. the best one, for export)."""
-    verify(ckpt)
-    load_model_state(model, load_weights(ckpt / "model.safetensors"), str(ckpt))
+    if not verified:
+        verify(ckpt)
+    if is_sharded(ckpt):
+        _load_sharded(ckpt, model)
+    else:
+        load_model_state(model, load_weights(ckpt / "model.safetensors"), str(ckpt))
 
 
 def prune(ckpt_root: Path, keep_last: int, keep: set[str]) -> None:

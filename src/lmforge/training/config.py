@@ -49,6 +49,13 @@ class TrainConfig:
     compile: bool = _help("torch.compile the model", False)
     device: str = _help("auto, cpu, cuda, cuda:N or mps", "auto")
     threads: int = _help("CPU threads for torch (0 = torch's default)", 0)
+    parallel: str = _help("under torchrun: ddp (replicated weights, gradients all-reduced), fsdp "
+                          "(FSDP2: weights, gradients and optimizer state sharded) or tp (tensor "
+                          "parallel attention and MLP linears)", "ddp")
+    activation_checkpointing: bool = _help("recompute each block's activations in backward "
+                                           "(less memory, about a third more compute)", False)
+    dist_timeout: int = _help("seconds a rank waits for the others in a collective before the "
+                              "job fails (torchrun runs)", 600)
     seed: int = _help("random seed (model init, sampling, dropout)", 1337)
     eval_interval: int = _help("evaluate every N steps (0 = only at the end)", 250)
     eval_batches: int = _help("validation batches per evaluation (a fixed set)", 20)
@@ -65,7 +72,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         positive = ("batch_size", "grad_accum", "max_steps", "eval_batches",
-                    "log_interval", "keep_last")
+                    "log_interval", "keep_last", "dist_timeout")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config field '{name}' must be a positive integer, got {getattr(self, name)}")
@@ -80,7 +87,8 @@ class TrainConfig:
             raise ConfigError(f"config field 'min_lr' must be in [0, lr], got {self.min_lr}")
         choices = {"schedule": ("cosine", "linear", "constant", "wsd"),
                    "optimizer": ("adamw", "sgd"), "sampling": ("random", "sequential"),
-                   "precision": ("auto", "fp32", "bf16", "fp16")}
+                   "precision": ("auto", "fp32", "bf16", "fp16"),
+                   "parallel": ("ddp", "fsdp", "tp")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"config field '{name}' must be one of {', '.join(allowed)}, "

@@ -1,12 +1,17 @@
 """The one training engine. It builds the run's components from a ``TrainConfig`` and loops:
 draw windows, let the objective compute a loss, step the optimizer, evaluate, checkpoint.
-It knows nothing about what the objective learns."""
+It knows nothing about what the objective learns.
+
+Launched by torchrun it runs on every rank (see :mod:`.distributed`): the parallelism is applied
+to the model from outside, each rank trains on its rows of the global batch, losses and token
+counts are summed over ranks, and only rank 0 logs and writes run files."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import random
+import re
 import shutil
 import signal
 import time
@@ -18,11 +23,12 @@ import torch
 from .. import __version__
 from ..config import from_dict, load_file, save_yaml
 from ..data.dataset import TokenShards
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, DistributedError
 from ..models.config import ModelConfig, preset
 from ..models.io import build_model, from_pretrained, save_pretrained, tokenizer_path
 from ..objectives import get_objective
 from . import checkpoint as ckpt
+from . import distributed
 from .config import TrainConfig
 from .metrics import MetricsLogger, Progress
 from .optim import build_optimizer, lr_at
@@ -79,12 +85,14 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False):
         self.cfg = cfg.validate()
+        self.ranks = distributed.launch_ranks(cfg.parallel)
         self.run_dir = Path(cfg.out_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self._prepare_run_dir(resume, overwrite)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = resolve_device(cfg.device)
+        self.device = distributed.rank_device(resolve_device(cfg.device), self.ranks)
+        distributed.init_process_group(self.ranks, self.device, cfg.dist_timeout)
+        distributed.main_decides(lambda: self._prepare_run_dir(resume, overwrite))
         self.precision = resolve_precision(cfg.precision, self.device)
         seed_everything(cfg.seed)
         # Data, model and objective; the tokenizer (file or object) and its config go with
@@ -98,23 +106,38 @@ class Trainer:
                               f"model context ({mcfg.context_length}); lower it or raise "
                               "--context_length for a new model")
         self.objective.check_model(self.model)
+        distributed.check_parallel(self.model, self.ranks, self.precision, self.objective)
         self.model.to(self.device)
+        # FSDP and TP shard the model in place; rank 0 keeps an empty copy to export into.
+        sharded = self.ranks.distributed and self.ranks.parallel != "ddp"
+        self.skeleton = distributed.meta_copy(self.model) if sharded and self.ranks.is_main else None
+        if cfg.activation_checkpointing:
+            distributed.checkpoint_activations(self.model)
+        self.wrapped = distributed.parallelize(self.model, self.ranks, self.precision, self.device)
+        if self.ranks.rank:
+            torch.manual_seed(cfg.seed + self.ranks.rank)  # every rank its own dropout
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        if resume:
+            self._keep_global_batch()
+        # One global micro-batch stream, the same on every rank; each keeps its own rows.
         self.sampler = self.objective.train_sampler(self.train_data, self.block_size,
-                                                    cfg.batch_size, cfg.seed, cfg.sampling)
+                                                    cfg.batch_size * self.ranks.data_parallel,
+                                                    cfg.seed, cfg.sampling)
         if cfg.epochs is not None:
             self._steps_from_epochs()
+        # The validation windows of the global batch (every rank evaluates all of them).
         self.val_batches = (self.objective.eval_batches(self.val_data, self.block_size,
-                                                        cfg.batch_size, cfg.eval_batches)
+                                                        cfg.batch_size,
+                                                        cfg.eval_batches * self.ranks.data_parallel)
                             if self.val_data is not None else None)
-        self.forward_model = torch.compile(self.model) if cfg.compile else self.model
+        self.forward_model = torch.compile(self.wrapped) if cfg.compile else self.wrapped
         self.step, self.tokens_seen = 0, 0
         self.best_val, self.best_step, self.evals_since_best = math.inf, None, 0
         self._stop_signal = None
         if resume:
             self._resume()
-        else:
+        elif self.ranks.is_main:
             save_yaml(self._resolved_config(), self.run_dir / CONFIG_FILE)
 
     # ---- set-up -------------------------------------------------------------------------
@@ -184,14 +207,33 @@ class Trainer:
         data["resolved"] = {"model_config": self.model.config.to_dict(), "device": str(self.device),
                             "precision": self.precision, "lmforge_version": __version__,
                             "torch_version": str(torch.__version__),
-                            "parameters": self.model.num_parameters()}
+                            "parameters": self.model.num_parameters(),
+                            "world_size": self.ranks.world_size}
         return data
+
+    def _keep_global_batch(self) -> None:
+        """Resuming on another number of data-parallel ranks: keep the global batch (and so the
+        data order and the loss curve) by changing the per-rank batch."""
+        latest = ckpt.latest_checkpoint(self.ckpt_dir)
+        if latest is None or not (latest / "state.json").is_file():
+            return
+        saved = ckpt.read_state(latest)
+        before, now = saved.get("data_parallel", 1), self.ranks.data_parallel
+        global_batch = saved.get("global_batch")
+        if global_batch is None or before == now:
+            return
+        if global_batch % now:
+            raise ConfigError(f"checkpoint {latest} has a global batch of {global_batch} rows, "
+                              f"which {now} data-parallel ranks cannot share evenly")
+        self.cfg.batch_size = global_batch // now
 
     def _resume(self) -> None:
         latest = ckpt.latest_checkpoint(self.ckpt_dir)
         if latest is None:
             return  # killed before the first checkpoint: start over from step 0
-        state, tensors = ckpt.load_checkpoint(latest, self.model, self.optimizer)
+        distributed.main_decides(lambda: ckpt.verify(latest))
+        self._check_layout(latest)
+        state, tensors = ckpt.load_checkpoint(latest, self.model, self.optimizer, verified=True)
         saved_model = ModelConfig.from_dict(state["model_config"])
         if saved_model != self.model.config:
             raise CheckpointError(f"checkpoint {latest} is of another architecture than this run's config")
@@ -200,7 +242,7 @@ class Trainer:
         self.best_val = math.inf if best is None else best
         self.best_step = state.get("best_step")
         self.evals_since_best = state.get("evals_since_best", 0)
-        ckpt.set_rng_state(state["rng"], tensors)
+        self._set_rank_rng(state, tensors)
         data_state = dict(state["data"])
         if data_state["kind"] == "random":
             data_state["generator"] = tensors["data.generator"]
@@ -212,6 +254,35 @@ class Trainer:
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
 
+    def _check_layout(self, latest: Path) -> None:
+        """Refuse a checkpoint whose weight layout this run cannot read: tensor-parallel
+        checkpoints resume on the same TP degree only; a one-process checkpoint loads into
+        one process or DDP."""
+        saved = ckpt.read_state(latest)
+        before = saved.get("tensor_parallel", 1)
+        now = self.ranks.world_size if self.ranks.distributed and self.ranks.parallel == "tp" else 1
+        if before != now:
+            raise CheckpointError(f"checkpoint {latest} was written with {before}-way tensor "
+                                  f"parallelism and this run uses {now}; resume it with "
+                                  f"--parallel {'tp' if before > 1 else 'ddp or fsdp'} on "
+                                  f"{before if before > 1 else 'any number of'} rank(s)")
+        if not ckpt.is_sharded(latest) and self.ranks.distributed and self.ranks.parallel != "ddp":
+            raise CheckpointError(f"checkpoint {latest} was written by one process; resume it "
+                                  "with --parallel ddp (or in one process) and save again")
+
+    def _set_rank_rng(self, state: dict, tensors: dict) -> None:
+        """Restore this rank's RNG streams (a rank the saving run did not have keeps the fresh
+        stream it was seeded with: only dropout draws from it)."""
+        rank = self.ranks.rank
+        if rank == 0:
+            ckpt.set_rng_state(state["rng"], tensors)
+            return
+        ranks = state.get("rank_rng", [])
+        if rank < len(ranks):
+            prefix = f"rank{rank}."
+            ckpt.set_rng_state(ranks[rank], {k.removeprefix(prefix): v for k, v in tensors.items()
+                                             if k.startswith(prefix)})
+
     # ---- the loop -----------------------------------------------------------------------
     def _train_step(self) -> float:
         cfg = self.cfg
@@ -219,18 +290,19 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         total, tokens = 0.0, 0
-        for _ in range(cfg.grad_accum):
-            batch = self.objective.make_batch(self.sampler.next_batch())
+        for micro in range(cfg.grad_accum):
+            batch = self.ranks.own_rows(self.objective.make_batch(self.sampler.next_batch()))
             tokens += batch_tokens(batch, cfg.batch_size * self.block_size)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            with autocast(self.device, self.precision):
-                loss = self.objective.loss(self.forward_model, batch) / cfg.grad_accum
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            with distributed.gradient_sync(self.wrapped, micro == cfg.grad_accum - 1):
+                with autocast(self.device, self.precision):
+                    loss = self.objective.loss(self.forward_model, batch) / cfg.grad_accum
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.item()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            distributed.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -238,10 +310,22 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        if self.ranks.distributed:
+            total, tokens = self._reduce_step(total, tokens)
         self.tokens_seen += tokens
         if not math.isfinite(total):
             raise DataError(f"loss became {total} at step {self.step}; lower lr or check the data")
         return total, tokens
+
+    def _reduce_step(self, loss: float, tokens: int) -> tuple[float, int]:
+        """The step's loss averaged and its tokens summed over ranks; a Ctrl-C on any rank
+        stops every rank after the same step."""
+        world, replicas = self.ranks.world_size, self.ranks.world_size // self.ranks.data_parallel
+        stop = float(self._stop_signal is not None)
+        loss_sum, token_sum, stops = distributed.all_reduce_sum([loss, tokens, stop], self.device)
+        if stops and self._stop_signal is None:
+            self._stop_signal = signal.SIGINT
+        return loss_sum / world, int(token_sum) // replicas
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -262,7 +346,11 @@ class Trainer:
         return value < self.best_val if self.cfg.best_is_lower else value > self.best_val
 
     def save(self) -> Path:
+        """Checkpoint the run (every rank calls this in a distributed run)."""
         json_rng, tensors = ckpt.rng_state()
+        rank_rng = distributed.all_gather_object((json_rng, tensors)) if self.ranks.distributed else []
+        for rank, (_, rng_tensors) in enumerate(rank_rng[1:], start=1):
+            tensors.update({f"rank{rank}.{k}": v for k, v in rng_tensors.items()})
         data_state = self.sampler.state_dict()
         if "generator" in data_state:
             tensors["data.generator"] = data_state.pop("generator")
@@ -278,13 +366,30 @@ class Trainer:
                  "rng": json_rng, "data": data_state,
                  "objective": objective_state,
                  "model_config": self.model.config.to_dict(),
-                 "config": dataclasses.asdict(self.cfg), "lmforge_version": __version__}
+                 "config": dataclasses.asdict(self.cfg), "lmforge_version": __version__,
+                 **self._layout()}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
-        path = ckpt.save_checkpoint(self.ckpt_dir, self.step, self.model, self.optimizer, state, tensors)
-        keep = {f"step-{self.best_step:08d}"} if self.best_step is not None else set()
-        ckpt.prune(self.ckpt_dir, self.cfg.keep_last, keep)
+        if self.ranks.distributed:
+            state["rank_rng"] = [json_part for json_part, _ in rank_rng]
+            path = ckpt.save_sharded(self.ckpt_dir, self.step, self.model, self.optimizer, state,
+                                     tensors, self.ranks.rank)
+        else:
+            path = ckpt.save_checkpoint(self.ckpt_dir, self.step, self.model, self.optimizer,
+                                        state, tensors)
+        if self.ranks.is_main:
+            keep = {f"step-{self.best_step:08d}"} if self.best_step is not None else set()
+            ckpt.prune(self.ckpt_dir, self.cfg.keep_last, keep)
         return path
+
+    def _layout(self) -> dict:
+        """The world a checkpoint was written by: what resuming needs to keep the global batch
+        and to read the weights."""
+        ranks = self.ranks
+        tp = ranks.world_size if ranks.distributed and ranks.parallel == "tp" else 1
+        return {"world_size": ranks.world_size, "data_parallel": ranks.data_parallel,
+                "global_batch": self.cfg.batch_size * ranks.data_parallel,
+                "parallel": ranks.parallel if ranks.distributed else None, "tensor_parallel": tp}
 
     def _on_signal(self, signum, frame) -> None:
         if self._stop_signal is not None:
@@ -293,17 +398,21 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train to ``max_steps``; returns the final metrics. Ctrl-C saves and stops cleanly."""
-        cfg = self.cfg
-        logger = MetricsLogger(self.run_dir, cfg.tensorboard)
-        progress = Progress(cfg.max_steps, self.step, cfg.progress)
+        cfg, ranks = self.cfg, self.ranks
+        logger = MetricsLogger(self.run_dir, cfg.tensorboard, enabled=ranks.is_main)
+        progress = Progress(cfg.max_steps, self.step, cfg.progress and ranks.is_main,
+                            silent=not ranks.is_main)
         fpt = flops_per_token(self.model, self.block_size)
-        peak = cfg.peak_tflops or peak_tflops(self.device.type, self.precision)
+        # MFU of the whole job: global tokens/s against the peak of all its devices.
+        peak = (cfg.peak_tflops or peak_tflops(self.device.type, self.precision)) * ranks.world_size
         previous = signal.signal(signal.SIGINT, self._on_signal)
-        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.block_size
+        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.block_size * ranks.data_parallel
         self.model.train()
         metrics: dict = {}
+        where = (f"{ranks.world_size} ranks ({ranks.parallel}, {self.device.type})"
+                 if ranks.distributed else str(self.device))
         progress.write(f"training {self.model.num_parameters() / 1e6:.2f}M parameters on "
-                       f"{self.device} ({self.precision}), {tokens_per_step} tokens/step, "
+                       f"{where} ({self.precision}), {tokens_per_step} tokens/step, "
                        f"steps {self.step}->{cfg.max_steps}")
         window_start, window_tokens, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
         try:
@@ -355,6 +464,10 @@ class Trainer:
                     self.save()
                 if self._stop_signal is not None:
                     break
+        except Exception as exc:
+            if ranks.distributed and distributed.is_lost_rank(exc):
+                raise self._lost_rank(exc) from None
+            raise
         finally:
             signal.signal(signal.SIGINT, previous)
             progress.close()
@@ -366,21 +479,38 @@ class Trainer:
                            f"`lmforge {self.command} --resume {self.run_dir}`")
         best = None if math.isinf(self.best_val) else self.best_val
         if cfg.export_best and self.best_step is not None and self.best_step != self.step:
-            ckpt.load_model_weights(self.ckpt_dir / f"step-{self.best_step:08d}", self.model)
+            best_ckpt = self.ckpt_dir / f"step-{self.best_step:08d}"
+            distributed.main_decides(lambda: ckpt.verify(best_ckpt))
+            ckpt.load_model_weights(best_ckpt, self.model, verified=True)
             progress.write(f"exporting the best checkpoint (step {self.best_step}, "
                            f"{cfg.best_metric} {best:.4f})")
         self.export()
         return {**metrics, "step": self.step, "interrupted": interrupted,
                 f"best_{cfg.best_metric}": best, "best_step": self.best_step}
 
+    def _lost_rank(self, exc: BaseException) -> DistributedError:
+        latest = ckpt.latest_checkpoint(self.ckpt_dir)
+        kept = f"the last checkpoint ({latest.name}) is intact" if latest else "no checkpoint was written"
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().splitlines()[0])  # gloo's source line
+        return DistributedError(
+            f"rank {self.ranks.rank} stopped at step {self.step}: another rank died or did not "
+            f"answer within {self.cfg.dist_timeout} s ({reason[:120]}); {kept}: continue with "
+            f"`lmforge {self.command} --resume {self.run_dir}`")
+
     def export(self) -> Path:
-        """The usable model folder (``RUN_DIR/model``) and the loss curve PNG."""
-        out = save_pretrained(self.model, self.run_dir / "model", self.export_tokenizer,
-                              tokenizer_config=self.tokenizer_config)
-        try:
-            plot_loss(self.run_dir)
-        except DataError:
-            pass
+        """The usable model folder (``RUN_DIR/model``) and the loss curve PNG, written by rank 0
+        (a sharded model is gathered to it first)."""
+        out = self.run_dir / "model"
+        model = self.model
+        if self.ranks.distributed and self.ranks.parallel != "ddp":
+            model = distributed.gathered_model(self.model, self.skeleton, self.ranks)
+        if self.ranks.is_main:
+            save_pretrained(model, out, self.export_tokenizer, tokenizer_config=self.tokenizer_config)
+            try:
+                plot_loss(self.run_dir)
+            except DataError:
+                pass
+        distributed.barrier()
         return out
 
 

@@ -13,11 +13,12 @@ from tqdm import tqdm
 class MetricsLogger:
     """Append-only ``metrics.jsonl`` (one record per log event) plus optional TensorBoard."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True):
+        """``enabled=False`` (ranks other than 0 of a distributed run) writes nothing."""
         self.path = run_dir / "metrics.jsonl"
-        self.file = open(self.path, "a", encoding="utf-8")
+        self.file = open(self.path, "a", encoding="utf-8") if enabled else None
         self.tb = None
-        if tensorboard:
+        if tensorboard and enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
@@ -25,6 +26,8 @@ class MetricsLogger:
                 self.tb = None
 
     def log(self, step: int, **values: float) -> None:
+        if self.file is None:
+            return
         record = {"step": step, "time": round(time.time(), 3), **values}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
@@ -35,7 +38,8 @@ class MetricsLogger:
                                        value, step)
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.tb is not None:
             self.tb.close()
 
@@ -57,10 +61,11 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 class Progress:
     """A tqdm bar (step, loss, tokens/s, MFU, ETA) or plain log lines when not interactive."""
 
-    def __init__(self, total: int, initial: int, enabled: bool):
+    def __init__(self, total: int, initial: int, enabled: bool, silent: bool = False):
+        """``silent`` (ranks other than 0 of a distributed run): no bar and no lines."""
         self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
                         file=sys.stderr, disable=not enabled, mininterval=0.5)
-        self.enabled = enabled
+        self.enabled, self.silent = enabled, silent
 
     def update(self, n: int, **postfix: str) -> None:
         self.bar.update(n)
@@ -68,6 +73,8 @@ class Progress:
             self.bar.set_postfix(postfix, refresh=False)
 
     def write(self, text: str) -> None:
+        if self.silent:
+            return
         if self.enabled:
             self.bar.write(text, file=sys.stderr)
         else:

@@ -13,10 +13,12 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     """Decay matrices of Linear layers only; norms, biases and embeddings are not decayed
     (decaying them shrinks scales and token vectors toward zero for no regularization gain).
     A model with ``lr_scale(name, cfg)`` (task models: head learning rate, layer-wise decay)
-    gets one group per scale; ``lr_scale`` rides along in the group."""
+    gets one group per scale; ``lr_scale`` rides along in the group. Sharded (tensor-parallel)
+    and plain weights go to separate groups."""
+    from torch.distributed.tensor import DTensor
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     scale_of = getattr(model, "lr_scale", None)
-    groups: dict[tuple[bool, float], list] = {}
+    groups: dict[tuple[bool, float, bool], list] = {}
     seen: set[int] = set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
@@ -24,9 +26,12 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
         seen.add(id(p))
         decay = p.dim() >= 2 and id(p) not in embeddings
         scale = float(scale_of(name, cfg)) if scale_of is not None else 1.0
-        groups.setdefault((decay, scale), []).append(p)
+        # Tensor parallelism shards some weights (DTensor) and not others; fused kernels take
+        # one kind per group.
+        groups.setdefault((decay, scale, isinstance(p, DTensor)), []).append(p)
     return [{"params": params, "weight_decay": cfg.weight_decay if decay else 0.0, "lr_scale": scale}
-            for (decay, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))]
+            for (decay, scale, _), params in sorted(groups.items(),
+                                                    key=lambda kv: (not kv[0][0], -kv[0][1], kv[0][2]))]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:

@@ -1,0 +1,379 @@
+"""Scale-out on PyTorch's own machinery: torchrun's environment, one process group, and the model
+parallelized from outside (DDP, FSDP2 ``fully_shard``, tensor-parallel linears), so the model
+files stay plain PyTorch.
+
+torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; without them a run is one ordinary
+process and nothing here does anything. With them every rank builds the same model from the same
+seed, draws the same global micro-batch from the same seeded sampler and keeps its own rows
+(:meth:`Ranks.own_rows`): the data position and the objective's random state are identical on
+every rank, so a checkpoint resumes at any world size, and 2 ranks with batch B train exactly as
+1 process with batch 2B.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import copy
+import itertools
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from ..errors import ConfigError, DistributedError, LMForgeError
+
+PARALLEL_MODES = ("ddp", "fsdp", "tp")
+# Model methods that objectives call besides forward (MLM and sentence heads); FSDP2 must
+# unshard the root's parameters for them too.
+EXTRA_FORWARD_METHODS = ("mlm_logits", "sentence_logits")
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process stands in a torchrun job (rank 0 of 1 when not launched by torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    parallel: str = "ddp"
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that logs, prints and writes run files."""
+        return self.rank == 0
+
+    @property
+    def data_parallel(self) -> int:
+        """How many ranks read different rows: all of them, except under tensor parallelism,
+        where every rank computes a slice of the same batch."""
+        return 1 if self.parallel == "tp" else self.world_size
+
+    def own_rows(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """This rank's contiguous rows of a global micro-batch (every per-row tensor cut the
+        same way; scalars kept). A short last batch of an epoch with fewer rows than ranks
+        gives each rank one row, repeating some."""
+        if self.data_parallel == 1:
+            return batch
+        rows = next((v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim()), 0)
+        lo, hi = self.rank * rows // self.world_size, (self.rank + 1) * rows // self.world_size
+        if hi == lo:
+            lo = self.rank % max(rows, 1)
+            hi = lo + 1
+        return {k: v[lo:hi] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == rows else v
+                for k, v in batch.items()}
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise DistributedError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
+def launch_ranks(parallel: str = "ddp") -> Ranks:
+    """The torchrun environment of this process (RANK, WORLD_SIZE, LOCAL_RANK)."""
+    world = _env_int("WORLD_SIZE") or 1
+    rank = _env_int("RANK") or 0
+    local = _env_int("LOCAL_RANK")
+    if world < 1 or not 0 <= rank < world:
+        raise DistributedError(f"RANK={rank} is outside WORLD_SIZE={world}")
+    return Ranks(rank, world, rank if local is None else local, parallel)
+
+
+def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
+    """One GPU per rank: ``cuda:LOCAL_RANK`` (CPU ranks share the machine's cores)."""
+    if device.type != "cuda" or not ranks.distributed:
+        return device
+    if ranks.local_rank >= torch.cuda.device_count():
+        raise DistributedError(f"LOCAL_RANK {ranks.local_rank} has no GPU: this node has "
+                               f"{torch.cuda.device_count()}; lower --nproc_per_node")
+    device = torch.device("cuda", ranks.local_rank)
+    torch.cuda.set_device(device)
+    return device
+
+
+def init_process_group(ranks: Ranks, device: torch.device, timeout_s: int) -> None:
+    """Join the job's process group once per process: NCCL on GPUs, gloo on CPUs. A collective
+    waiting longer than ``timeout_s`` for a rank fails instead of hanging."""
+    if not ranks.distributed or dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    try:
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
+                                device_id=device if device.type == "cuda" else None)
+    except (RuntimeError, ValueError) as exc:
+        raise DistributedError(f"rank {ranks.rank} could not join the process group ({backend}): "
+                               f"{str(exc).splitlines()[0]}") from None
+    atexit.register(destroy)
+
+
+def destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sums over all ranks (the values themselves without a process group)."""
+    if not dist.is_initialized():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def main_decides(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 only and give its result to every rank; an lmforge error it raises
+    is raised on every rank (so no rank waits in a collective for one that has failed)."""
+    if not dist.is_initialized():
+        return fn()
+    box: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = ("ok", fn())
+        except LMForgeError as exc:
+            box[0] = ("error", exc)
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def is_lost_rank(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that failed because another rank died or timed out."""
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        marker in text for marker in ("Connection closed by peer", "Connection reset by peer",
+                                      "gloo", "NCCL", "Timed out", "timed out"))
+
+
+# ---- applying the parallelism ---------------------------------------------------------------
+class DataParallel(nn.parallel.DistributedDataParallel):
+    """DDP that also exposes the wrapped model's attributes (``config``, ``mlm_logits``...), so
+    objectives use it as they use the model."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks of any lmforge Transformer (``blocks``, ``enc_blocks``, ``dec_blocks``,
+    also inside a task model's backbone), in order."""
+    return [block for name, child in model.named_modules()
+            if isinstance(child, nn.ModuleList) and name.split(".")[-1].endswith("blocks")
+            for block in child]
+
+
+def checkpoint_activations(model: nn.Module) -> None:
+    """Recompute every block's activations in backward (PyTorch's checkpoint wrapper; state
+    dict names are unchanged)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+    for name, child in list(model.named_modules()):
+        if isinstance(child, nn.ModuleList) and name.split(".")[-1].endswith("blocks"):
+            for i, block in enumerate(child):
+                child[i] = checkpoint_wrapper(block)
+
+
+def check_parallel(model: nn.Module, ranks: Ranks, precision: str, objective) -> None:
+    """Refuse, with one line, what a parallel mode does not support."""
+    if not ranks.distributed:
+        return
+    arch = getattr(model.config, "arch", "decoder")
+    if getattr(objective, "name", "") == "bptt_lm":
+        raise ConfigError("objective 'bptt_lm' carries per-stream state between batches; run it "
+                          "in one process (not under torchrun)")
+    if ranks.parallel == "ddp":
+        return
+    if precision == "fp16":
+        raise ConfigError(f"--parallel {ranks.parallel} trains in bf16 or fp32 (fp16 loss scaling "
+                          "is for ddp); pass --precision bf16")
+    allowed = ("decoder",) if ranks.parallel == "tp" else ("decoder", "encoder")
+    if arch not in allowed:
+        raise ConfigError(f"--parallel {ranks.parallel} supports {' and '.join(allowed)} models, "
+                          f"not {arch}; use --parallel ddp")
+    if getattr(objective, "head", "") is None:  # generative fine-tuning calls more than forward
+        raise ConfigError(f"--parallel {ranks.parallel} does not run generative fine-tuning tasks; "
+                          "use --parallel ddp")
+    if any(type(m).__name__ == "LoRALinear" for m in model.modules()):
+        raise ConfigError(f"LoRA fine-tuning runs with --parallel ddp, not {ranks.parallel}")
+
+
+def parallelize(model: nn.Module, ranks: Ranks, precision: str, device: torch.device) -> nn.Module:
+    """Apply the run's parallelism to ``model``; return the module to call for forward.
+
+    DDP wraps the model (``model`` itself stays plain); FSDP2 shards each block, then the root,
+    in place (bf16 runs gather weights in bf16 and reduce gradients in fp32); TP shards the
+    attention and MLP linears of every block in place."""
+    if not ranks.distributed:
+        return model
+    if ranks.parallel == "ddp":
+        ids = [device.index] if device.type == "cuda" else None
+        return DataParallel(model, device_ids=ids)
+    if ranks.parallel == "fsdp":
+        return shard_fsdp(model, precision)
+    return tensor_parallel(model, ranks.world_size, device)
+
+
+def shard_fsdp(model: nn.Module, precision: str) -> nn.Module:
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+              if precision == "bf16" else MixedPrecisionPolicy())
+    for block in transformer_blocks(model):
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    for method in EXTRA_FORWARD_METHODS:
+        if hasattr(model, method):
+            register_fsdp_forward_method(model, method)
+    return model
+
+
+@contextlib.contextmanager
+def gradient_sync(module: nn.Module, enabled: bool):
+    """Micro-steps of gradient accumulation: gradients stay local unless ``enabled`` (the last
+    micro-step), so ranks communicate once per optimizer step (DDP ``no_sync``, FSDP2
+    ``set_requires_gradient_sync``)."""
+    from torch.distributed.fsdp import FSDPModule
+    if isinstance(module, FSDPModule):
+        module.set_requires_gradient_sync(enabled)
+    if isinstance(module, nn.parallel.DistributedDataParallel) and not enabled:
+        with module.no_sync():
+            yield
+        return
+    yield
+
+
+def clip_grad_norm_(parameters, max_norm: float) -> float:
+    """Clip the global gradient norm; also over a mix of sharded (DTensor) and plain gradients,
+    as tensor parallelism leaves them (embeddings and norms stay plain)."""
+    from torch.distributed.tensor import DTensor
+    params = [p for p in parameters if p.grad is not None]
+    kinds = {isinstance(p.grad, DTensor) for p in params}
+    if len(kinds) < 2:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    norms = [torch.linalg.vector_norm(p.grad) for p in params]
+    norms = [n.full_tensor() if isinstance(n, DTensor) else n for n in norms]
+    total = float(torch.linalg.vector_norm(torch.stack(norms)))
+    coef = max_norm / (total + 1e-6)
+    if coef < 1:
+        for p in params:
+            p.grad.mul_(coef)
+    return total
+
+
+# ---- tensor parallelism ---------------------------------------------------------------------
+def _fused_rows(sections: list[int], tp: int) -> torch.Tensor:
+    """Row order that makes contiguous chunk r of a fused projection (q|k|v or gate|up) hold
+    rank r's part of every section, as column-wise sharding needs."""
+    starts = [0, *itertools.accumulate(sections)][:-1]
+    order = [torch.arange(start + r * size // tp, start + (r + 1) * size // tp)
+             for r in range(tp) for start, size in zip(starts, sections)]
+    return torch.cat(order)
+
+
+def tp_row_orders(config, tp: int) -> dict[str, torch.Tensor]:
+    """Per block-relative linear name, the row order its weights take under ``tp``-way tensor
+    parallelism (only the fused projections are reordered)."""
+    hd = config.head_dim
+    orders = {"attn.qkv": _fused_rows([config.n_head * hd, config.n_kv_head * hd,
+                                       config.n_kv_head * hd], tp)}
+    if config.mlp in ("swiglu", "gated"):
+        orders["mlp.fc"] = _fused_rows([config.intermediate_size] * 2, tp)
+    return orders
+
+
+def tensor_parallel(model: nn.Module, tp: int, device: torch.device) -> nn.Module:
+    """Megatron-style TP of every block: q/k/v and MLP-up column-wise, the output projections
+    row-wise (one all-reduce each in forward and backward); embeddings, norms and the head are
+    replicated. Heads, KV heads and the MLP width must divide by ``tp``."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    cfg = model.config
+    for name in ("n_head", "n_kv_head", "intermediate_size"):
+        if getattr(cfg, name) % tp:
+            raise ConfigError(f"--parallel tp over {tp} ranks needs model field '{name}' "
+                              f"({getattr(cfg, name)}) divisible by {tp}")
+    mesh = init_device_mesh(device.type, (tp,))
+    orders = tp_row_orders(cfg, tp)
+    plan = {"attn.qkv": ColwiseParallel(), "attn.proj": RowwiseParallel(),
+            "mlp.fc": ColwiseParallel(), "mlp.proj": RowwiseParallel()}
+    for block in transformer_blocks(model):
+        inner = getattr(block, "_checkpoint_wrapped_module", block)
+        with torch.no_grad():
+            for name, order in orders.items():
+                linear = inner.get_submodule(name)
+                linear.weight.copy_(linear.weight[order.to(linear.weight.device)])
+                if linear.bias is not None:
+                    linear.bias.copy_(linear.bias[order.to(linear.bias.device)])
+        parallelize_module(inner, mesh, plan)
+        inner.attn.n_head //= tp  # each rank runs its own heads
+        inner.attn.n_kv_head //= tp
+    return model
+
+
+def canonical_tp_state(state: dict[str, torch.Tensor], config, tp: int) -> dict[str, torch.Tensor]:
+    """A full state dict gathered from a TP run with the fused rows put back in model order."""
+    orders = {k: torch.argsort(v) for k, v in tp_row_orders(config, tp).items()}
+    out = {}
+    for key, value in state.items():
+        name = key.rsplit(".", 1)[0]
+        order = next((o for suffix, o in orders.items() if name.endswith(suffix)), None)
+        out[key] = value[order] if order is not None and ".blocks." in f".{key}" else value
+    return out
+
+
+# ---- gathering a sharded model for export ---------------------------------------------------
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (same classes, config and tied weights) whose tensors live on the
+    meta device: the skeleton rank 0 fills with gathered weights to export a sharded model."""
+    memo: dict[int, Any] = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        empty = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(empty, t.requires_grad) if isinstance(t, nn.Parameter) else empty
+    return copy.deepcopy(model, memo)
+
+
+def gathered_model(model: nn.Module, skeleton: nn.Module | None, ranks: Ranks) -> nn.Module | None:
+    """The full model on rank 0 (None on the others), gathered from FSDP or TP shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                 cpu_offload=True))
+    if not ranks.is_main:
+        return None
+    if ranks.parallel == "tp":
+        state = canonical_tp_state(state, model.config, ranks.world_size)
+    full = skeleton.to_empty(device="cpu")
+    full.load_state_dict(state, strict=False)
+    missing = {k for k in full.state_dict() if k not in state}
+    if missing:
+        raise DistributedError(f"gathering the model missed {', '.join(sorted(missing)[:3])}")
+    return full

@@ -1,0 +1,282 @@
+"""Scale-out on CPU with gloo: 2 ranks train as 1 process with the doubled batch (DDP, FSDP2) or
+the same batch (TP), checkpoints written by 2 ranks resume on 1 and on 2, a lost rank stops the
+job with a clear message and leaves the last checkpoint intact.
+
+The ranks are forked from the test process with torchrun's environment (RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR/PORT), which is what the engine reads; one slow test runs real torchrun.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmforge.training import TrainConfig, Trainer, load_run_config
+from lmforge.training import checkpoint as ckpt
+from lmforge.training.distributed import Ranks
+
+from _util import REPO, assert_one_line_error, cli_env, make_char_dataset
+
+TINY = dict(model="baby", model_args={"n_layer": 2, "n_embd": 32, "n_head": 4}, block_size=16,
+            batch_size=4, grad_accum=2, max_steps=6, lr=5e-4, warmup_steps=2, dropout=0.0,
+            eval_interval=3, eval_batches=2, log_interval=1, save_interval=3, progress=False,
+            precision="fp32", tensorboard=False, threads=1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_char_dataset(tmp_path_factory.mktemp("data") / "chars", chars=50_000)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, fn, kwargs: dict, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    try:
+        results.put((rank, "ok", fn(**kwargs)))
+    except BaseException:  # noqa: BLE001 - the parent reports it
+        results.put((rank, "error", traceback.format_exc()))
+
+
+def run_ranks(fn, world: int = 2, timeout: float = 120, **kwargs) -> list:
+    """``fn(**kwargs)`` on ``world`` forked ranks; [(status, value)] by rank."""
+    ctx = multiprocessing.get_context("fork")
+    results, port = ctx.Queue(), _free_port()
+    procs = [ctx.Process(target=_rank_main, args=(r, world, port, fn, kwargs, results))
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    out: dict[int, tuple] = {}
+    deadline = time.time() + timeout
+    try:
+        # Until every rank has reported or died (a killed rank never reports).
+        while len(out) < world and time.time() < deadline:
+            try:
+                rank, status, value = results.get(timeout=0.5)
+                out[rank] = (status, value)
+            except queue.Empty:
+                if not any(p.is_alive() for r, p in enumerate(procs) if r not in out):
+                    break
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    return [out.get(r, ("missing", None)) for r in range(world)]
+
+
+def train(out_dir: str, stop_after: int | None = None, resume: bool = False, **cfg) -> dict:
+    """One rank's (or one process's) run; ``stop_after`` presses Ctrl-C on rank 0 at that step."""
+    config = load_run_config(out_dir, cfg) if resume else TrainConfig(out_dir=out_dir, **cfg)
+    trainer = Trainer(config, resume=resume)
+    if stop_after is not None:
+        step = trainer._train_step
+
+        def step_then_stop():
+            if trainer.step == stop_after - 1 and trainer.ranks.is_main:
+                trainer._stop_signal = signal.SIGINT
+            return step()
+        trainer._train_step = step_then_stop
+    return trainer.fit()
+
+
+def ok(results: list) -> list:
+    for status, value in results:
+        assert status == "ok", value
+    return [value for _, value in results]
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model" / "model.safetensors"))
+
+
+def assert_same_weights(a: Path, b: Path, atol: float = 1e-6) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.allclose(wa[name], wb[name], rtol=0, atol=atol), \
+            (name, float((wa[name] - wb[name]).abs().max()))
+
+
+def train_losses(run: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
+
+
+@pytest.fixture(scope="module")
+def single(data, tmp_path_factory) -> Path:
+    """The reference: one process with the doubled batch."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    train(str(out), data=str(data), **{**TINY, "batch_size": 2 * TINY["batch_size"]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def ddp(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    ok(run_ranks(train, out_dir=str(out), data=str(data), **TINY))
+    return out
+
+
+def test_ranks_share_out_global_batch_rows():
+    batch = {"input_ids": torch.arange(10).view(5, 2), "starts": torch.tensor(True)}
+    rows = [Ranks(r, 2).own_rows(batch)["input_ids"][:, 0].tolist() for r in range(2)]
+    assert rows == [[0, 2], [4, 6, 8]]
+    assert Ranks(1, 2).own_rows(batch)["starts"].item() is True
+    assert Ranks(1, 2, parallel="tp").own_rows(batch) is batch  # TP ranks share the batch
+    short = {"x": torch.arange(1)}  # last batch of an epoch with fewer rows than ranks
+    assert [Ranks(r, 2).own_rows(short)["x"].tolist() for r in range(2)] == [[0], [0]]
+
+
+def test_ddp_two_ranks_equal_one_process_with_doubled_batch(single, ddp):
+    assert_same_weights(single, ddp)
+    ref, got = train_losses(single), train_losses(ddp)
+    assert ref.keys() == got.keys() == set(range(1, 7))  # rank 0 alone logs: one record a step
+    assert all(abs(ref[s] - got[s]) < 1e-5 for s in ref)
+    state = ckpt.read_state(ddp / "checkpoints" / "step-00000006")
+    assert state["world_size"] == 2 and state["global_batch"] == 8
+    assert ckpt.is_sharded(ddp / "checkpoints" / "step-00000006")
+    assert sorted(p.name for p in (ddp / "checkpoints" / "step-00000006" / "dcp").iterdir()) == \
+        [".metadata", "__0_0.distcp", "__1_0.distcp"]
+
+
+def test_fsdp_two_ranks_equal_one_process_with_doubled_batch(single, data, tmp_path):
+    out = tmp_path / "fsdp"
+    ok(run_ranks(train, out_dir=str(out), data=str(data), **{**TINY, "parallel": "fsdp"}))
+    assert_same_weights(single, out)  # gathered from the shards into one safetensors file
+
+
+def test_resume_two_rank_checkpoint_on_one_and_two(ddp, data, tmp_path):
+    """Stop a 2-rank run at step 3, resume it on 2 ranks and (a copy) on 1: the losses continue
+    as the uninterrupted run's; on 1 process the per-rank batch doubles to keep the global one."""
+    run = tmp_path / "run"
+    results = ok(run_ranks(train, out_dir=str(run), stop_after=3, data=str(data), **TINY))
+    assert all(r["interrupted"] and r["step"] == 3 for r in results)
+    one = tmp_path / "one"
+    shutil.copytree(run, one)
+    ok(run_ranks(train, out_dir=str(run), resume=True))
+    train(str(one), resume=True)
+    reference = train_losses(ddp)
+    for resumed, exact in ((run, True), (one, False)):
+        losses = train_losses(resumed)
+        assert sorted(losses) == list(range(1, 7))
+        for step in range(4, 7):
+            if exact:
+                assert losses[step] == reference[step], (resumed.name, step)
+            else:
+                assert losses[step] == pytest.approx(reference[step], abs=1e-5), step
+    assert_same_weights(ddp, run, atol=0)
+    assert_same_weights(ddp, one)
+    assert load_run_config(one).batch_size == TINY["batch_size"]  # the saved config is unchanged
+
+
+def test_tensor_parallel_equals_one_process(data, tmp_path):
+    """TP splits heads and MLP width across ranks; both ranks see the whole batch. SGD: AdamW
+    divides each gradient by its own magnitude, which turns the summation-order rounding of
+    near-zero gradients (the key biases') into differences of about 1e-6."""
+    cfg = {**TINY, "max_steps": 4, "save_interval": 2, "eval_interval": 2, "optimizer": "sgd",
+           "lr": 0.3}
+    one, tp = tmp_path / "one", tmp_path / "tp"
+    train(str(one), data=str(data), **cfg)
+    ok(run_ranks(train, out_dir=str(tp), data=str(data), parallel="tp", **cfg))
+    assert_same_weights(one, tp)
+    assert train_losses(one)[4] < train_losses(one)[1] - 0.1  # it did train
+    # Its checkpoints keep the sharded layout: they resume under TP on 2 ranks only.
+    with pytest.raises(Exception, match="tensor parallelism"):
+        train(str(tp), resume=True, max_steps=5)
+
+
+def _die_at(step: int, rank: int, **kwargs) -> dict:
+    trainer = Trainer(TrainConfig(**kwargs))
+    original = trainer._train_step
+
+    def step_or_die():
+        if trainer.step == step and trainer.ranks.rank == rank:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original()
+    trainer._train_step = step_or_die
+    return trainer.fit()
+
+
+def test_lost_rank_stops_the_job_and_keeps_the_checkpoint(data, tmp_path):
+    run = tmp_path / "run"
+    start = time.time()
+    results = run_ranks(_die_at, step=4, rank=1, out_dir=str(run), data=str(data),
+                        **{**TINY, "dist_timeout": 30})
+    assert time.time() - start < 60
+    status, message = results[0]
+    assert status == "error" and "DistributedError" in message, message
+    assert "another rank died" in message and "step-00000003" in message, message
+    assert results[1][0] == "missing"  # killed
+    latest = ckpt.latest_checkpoint(run / "checkpoints")
+    assert latest.name == "step-00000003"
+    ckpt.verify(latest)
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_torchrun_cli_and_killed_rank(data, tmp_path):
+    """The real launcher: `torchrun ... -m lmforge pretrain`; SIGKILL one worker; torchrun stops
+    the job with a non-zero exit; the run resumes in one process from the last checkpoint."""
+    import psutil
+    run = tmp_path / "run"
+    flags = []
+    for key, value in {**TINY, "max_steps": 40, "save_interval": 2, "eval_interval": 0,
+                       "dist_timeout": 30}.items():
+        if key == "model_args":
+            flags += [f"--{k}" for kv in value.items() for k in map(str, kv)]
+        else:
+            flags += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "lmforge", "pretrain", "--data", str(data), "--out_dir", str(run), *flags]
+    env = {**cli_env(), "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while not (run / "checkpoints" / "step-00000004").is_dir():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.1)
+        workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                   if c.environ().get("RANK") == "1"]
+        assert workers
+        workers[0].kill()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "failed" in err.lower() or "error" in err.lower(), err
+    latest = ckpt.latest_checkpoint(run / "checkpoints")
+    ckpt.verify(latest)
+    resumed = subprocess.run([sys.executable, "-m", "lmforge", "pretrain", "--resume", str(run),
+                              "--max_steps", str(ckpt.read_state(latest)["step"] + 2)],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def test_bad_launch_environment_is_one_line(data, tmp_path):
+    env = {**cli_env(), "PYTHONPATH": str(REPO / "src"), "WORLD_SIZE": "2", "RANK": "5"}
+    proc = subprocess.run([sys.executable, "-m", "lmforge", "pretrain", "--data", str(data),
+                           "--out_dir", str(tmp_path / "r"), "--model", "baby"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert_one_line_error(proc, "outside WORLD_SIZE")
