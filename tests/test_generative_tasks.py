@@ -372,7 +372,12 @@ def test_predict_and_evaluate_commands(translation_run, instruction_run, tmp_pat
     assert "bleu" in r.stdout and scores["examples"] == 150
     assert scores["bleu"] == pytest.approx(after["val_bleu"])  # same settings as at training
 
-    sft_out, _, _ = instruction_run
+    sft_out, _, sft_after = instruction_run
+    r = run_cli("evaluate", "--model", sft_out / "run", "--precision", "fp32", "--data",
+                sft_out / "val.jsonl", "--output", tmp_path / "sft.json")
+    assert r.returncode == 0, r.stderr
+    scores = json.loads((tmp_path / "sft.json").read_text())  # the run's 40 generated answers
+    assert scores["exact_match"] == pytest.approx(sft_after["val_exact_match"])
     prompts = tmp_path / "prompts.jsonl"
     val = (sft_out / "val.jsonl").read_text().splitlines()[:6]
     prompts.write_text("".join(json.dumps({"prompt": json.loads(v)["prompt"]}) + "\n" for v in val))

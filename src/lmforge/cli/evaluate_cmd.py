@@ -24,6 +24,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..errors import DataError
     model, objective, device, autocast_ctx = load_task(args)
+    if getattr(objective, "max_eval_examples", 0) is None:
+        objective.max_eval_examples = 0  # sft: generate and score every response here
     features = objective.featurize(objective.read(args.data), training=False)
     if not features:
         raise DataError(f"{args.data}: no examples to evaluate")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -239,14 +240,16 @@ class FinetuneTrainer(Trainer):
         trainable, total = self.trainable
         if trainable < total:
             print(f"training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)")
+        started = time.perf_counter()
         result = super().fit()
+        seconds = time.perf_counter() - started  # training with its evaluations
         if self.best_step is not None and self.best_step == self.step and "val_loss" in result:
             final = {k: v for k, v in result.items() if k.startswith("val_")}  # just evaluated
         else:
             final = self.evaluate()  # the exported (best) weights
         report = {"task": self.cfg.task, "best_metric": self.cfg.best_metric, "step": self.step,
                   "best_step": self.best_step, "trainable_parameters": trainable,
-                  "parameters": total, **final}
+                  "parameters": total, "train_seconds": round(seconds, 1), **final}
         (self.run_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
         matrix = getattr(self.objective, "last_confusion", None)
         if matrix is not None:
