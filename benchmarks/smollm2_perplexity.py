@@ -2,11 +2,12 @@
 WikiText-2 validation file and on Tiny Shakespeare, computed by lmforge and by transformers'
 LlamaForCausalLM on the same weights with the same sliding windows (they must agree).
 
-Each text is scored as one document after SmolLM2's <|endoftext|>; windows of 1024 tokens start
-512 apart, each scoring the tokens the previous one did not (Hugging Face's perplexity recipe).
-Perplexity = exp(-mean natural-log probability per token). fp32.
+Each text is scored as one document after SmolLM2's <|endoftext|>; windows of --window tokens
+(1024) start --stride (512) apart, each scoring the tokens the previous one did not (Hugging
+Face's perplexity recipe). Perplexity = exp(-mean natural-log probability per token). fp32.
+Whole files with --window 2048 --stride 2048 take ~40 min on 2 cores (both libraries).
 
-    python benchmarks/smollm2_perplexity.py [--max-tokens N] [--save]
+    python benchmarks/smollm2_perplexity.py [--max-tokens N] [--window W --stride S] [--save]
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class HFCausalLM(torch.nn.Module):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-tokens", type=int, default=0, help="score only the first N tokens (0: all)")
+    ap.add_argument("--window", type=int, default=1024, help="tokens per window (model context <= 2048)")
+    ap.add_argument("--stride", type=int, default=512, help="new tokens scored per window after the first")
     ap.add_argument("--save", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -66,7 +69,7 @@ def main() -> None:
         for who, model in (("lmforge", ours), ("transformers", theirs)):
             t0 = time.perf_counter()
             with torch.no_grad():
-                lp = token_logprobs(model, ids, stride=512, max_length=1024)
+                lp = token_logprobs(model, ids, stride=args.stride, max_length=args.window)
             result.append((math.exp(-lp.mean().item()), time.perf_counter() - t0, lp))
         diff = (result[0][2] - result[1][2]).abs().max().item()
         rows.append((name, len(ids) - 1, result[0][0], result[1][0], diff, result[0][1], result[1][1]))
@@ -76,7 +79,7 @@ def main() -> None:
         report += f"| {name} | {n:,} | {p_ours:.3f} | {p_hf:.3f} | {diff:.1e} | {t_ours:.0f} s | {t_hf:.0f} s |\n"
     import transformers
     env = (f"{platform.machine()}, torch {torch.__version__}, transformers {transformers.__version__}, 2 threads, "
-           "fp32; windows of 1024 tokens, stride 512.")
+           f"fp32; windows of {args.window} tokens, stride {args.stride}.")
     publish(report, "SmolLM2-135M-Instruct perplexity (GGUF Q4_1, dequantized)", env, args.save)
 
 
