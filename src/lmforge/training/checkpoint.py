@@ -224,20 +224,23 @@ def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer,
 def _load_sharded(ckpt: Path, model: torch.nn.Module, optimizer=None) -> None:
     """Read ``dcp/`` into ``model`` (and ``optimizer``), resharding to this run's world (one
     process without a process group included)."""
+    import warnings
+
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict,
                                                          set_model_state_dict, set_state_dict)
     if optimizer is None:
-        model_state_dict = get_model_state_dict(model)
-        dcp.load({"model": model_state_dict}, checkpoint_id=str(ckpt / DCP_DIR),
-                 no_dist=not dist.is_initialized())
-        set_model_state_dict(model, model_state_dict)
-        return
-    model_state_dict, optim_state_dict = get_state_dict(model, optimizer)
-    dcp.load({"model": model_state_dict, "optim": optim_state_dict}, checkpoint_id=str(ckpt / DCP_DIR),
-             no_dist=not dist.is_initialized())
-    set_state_dict(model, optimizer, model_state_dict=model_state_dict, optim_state_dict=optim_state_dict)
+        state = {"model": get_model_state_dict(model)}
+    else:
+        state = dict(zip(("model", "optim"), get_state_dict(model, optimizer)))
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(state, checkpoint_id=str(ckpt / DCP_DIR), no_dist=not dist.is_initialized())
+    if optimizer is None:
+        set_model_state_dict(model, state["model"])
+    else:
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
 def load_model_weights(ckpt: Path, model: torch.nn.Module, verified: bool = False) -> None:

@@ -238,7 +238,8 @@ def parallelize(model: nn.Module, ranks: Ranks, precision: str, device: torch.de
         return model
     if ranks.parallel == "ddp":
         ids = [device.index] if device.type == "cuda" else None
-        return DataParallel(model, device_ids=ids)
+        # Gradients as views into DDP's communication buckets: no second copy of them.
+        return DataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
     if ranks.parallel == "fsdp":
         return shard_fsdp(model, precision)
     return tensor_parallel(model, ranks.world_size, device)
