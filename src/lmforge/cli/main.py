@@ -19,6 +19,7 @@ COMMANDS = {
     "prepare": ("prepare_cmd", "clean, deduplicate, tokenize and shard a corpus"),
     "models": ("models_cmd", "list model presets with parameter counts"),
     "pretrain": ("pretrain_cmd", "pretrain a model with an objective on a prepared dataset"),
+    "plan": ("plan_cmd", "FLOPs, memory per GPU (DDP vs FSDP) and time to a token budget"),
     "generate": ("generate_cmd", "generate text from a trained model"),
     "score": ("score_cmd", "log-probability and perplexity of text under a model"),
     "fill-mask": ("fill_mask_cmd", "top-k predictions for [MASK] tokens (encoders)"),
