@@ -110,3 +110,25 @@ def test_missing_boundaries_are_refused(corpus, tmp_path):
     assert_one_line_error(proc, "without --split-sentences")
     proc = run_cli("pretrain", "--data", root / "onedoc", "--out_dir", tmp_path / "b", "--objective", "nsp", *common)
     assert_one_line_error(proc, "at least 2 documents")
+
+
+def test_first_segments_come_from_documents_in_proportion_to_length(corpus, tmp_path):
+    """BERT makes instances from every sentence of every document: a long document must not be
+    as rare as each of many short ones (the second segment of a random pair stays uniform)."""
+    tok, _ = corpus
+    long_doc = " ".join(f"The king spoke of war number {i}." for i in range(400))
+    short = [f"A fool said {i} words." for i in range(60)]
+    (tmp_path / "docs.txt").write_text("\n\n".join([long_doc] + short) + "\n")
+    prepare_corpus([tmp_path / "docs.txt"], tok, tmp_path / "data", split_on_blank_lines=True,
+                   split_sentences=True, val_fraction=0.0, workers=1)
+    obj = get_objective("nsp", tokenizer=tok, meta={"eos_id": tok.token_to_id("[SEP]")}, seed=0)
+    data = TokenShards(tmp_path / "data", "train")
+    sampler = obj.train_sampler(data, 64, 8, seed=0)
+    spans = data.documents(0)
+    longest = int(np.argmax(spans[:, 1] - spans[:, 0]))
+    share = (spans[longest, 1] - spans[longest, 0]) / (spans[:, 1] - spans[:, 0]).sum()
+    g = torch.Generator().manual_seed(0)
+    weighted = np.mean([sampler.random_document(g, by_length=True)[0][1] == longest for _ in range(2000)])
+    uniform = np.mean([sampler.random_document(g)[0][1] == longest for _ in range(2000)])
+    assert abs(weighted - share) < 0.04 and share > 0.7
+    assert uniform < 0.05

@@ -41,15 +41,28 @@ class PairSampler:
             raise DataError(f"objective '{objective.name}' needs a corpus with at least 2 documents "
                             f"({data.root} has {int(self.doc_counts.sum())}); prepare it with "
                             "document boundaries (e.g. --split-on-blank-lines)")
+        # Running token counts over all documents: segment A starts at a document drawn in
+        # proportion to its length, as BERT's pass over every sentence of every document gives
+        # (uniform documents would let a corpus of many short ones, like fortunes, dominate).
+        spans = np.concatenate([data.documents(s) for s in range(len(data.shards))])
+        self.doc_tokens = np.cumsum(spans[:, 1] - spans[:, 0])
+        self.doc_offsets = np.cumsum(self.doc_counts)
 
     def next_batch(self) -> list[tuple[np.ndarray, np.ndarray, int]]:
         return [self.objective.instance(self, self.objective.generator) for _ in range(self.batch_size)]
 
-    def random_document(self, g: torch.Generator, exclude: tuple[int, int] | None = None):
+    def random_document(self, g: torch.Generator, exclude: tuple[int, int] | None = None,
+                        by_length: bool = False):
+        """A random non-empty document ``((shard, doc), sentences)``: uniform over documents
+        (B of a "not next" pair, as BERT), or in proportion to their tokens (A)."""
         for _ in range(10):
-            flat = int(torch.randint(int(self.doc_counts.sum()), (1,), generator=g))
-            shard = int(np.searchsorted(np.cumsum(self.doc_counts), flat, side="right"))
-            doc = flat - int(self.doc_counts[:shard].sum())
+            if by_length and self.doc_tokens[-1] > 0:
+                token = int(torch.randint(int(self.doc_tokens[-1]), (1,), generator=g))
+                flat = int(np.searchsorted(self.doc_tokens, token, side="right"))
+            else:
+                flat = int(torch.randint(int(self.doc_counts.sum()), (1,), generator=g))
+            shard = int(np.searchsorted(self.doc_offsets, flat, side="right"))
+            doc = flat - int(self.doc_offsets[shard - 1] if shard else 0)
             sentences = [s for s in self.data.document_sentences(shard, doc) if len(s)]
             if sentences and (shard, doc) != exclude:
                 return (shard, doc), sentences
@@ -110,7 +123,7 @@ class SentencePairObjective(MaskedLM):
         target = sampler.max_tokens
         if _rand(g) < self.short_seq_prob:
             target = _randint(2, sampler.max_tokens, g)
-        where, sentences = sampler.random_document(g)
+        where, sentences = sampler.random_document(g, by_length=True)
         start = _randint(0, max(len(sentences) - 2, 0), g)
         chunk, length = [], 0
         for sentence in sentences[start:]:
