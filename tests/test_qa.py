@@ -129,15 +129,20 @@ def test_windows_keep_every_answer_reachable_with_exact_offsets(shared_data, wor
         assert sorted(set(covered)) == sorted(set(context_tokens))
         for w0, w1 in zip(windows, windows[1:]):
             assert context_tokens.index(w1["offsets"][0]) - context_tokens.index(w0["offsets"][0]) == 16
+        # No answer in the window: the null position, [CLS] or a decoder's closing <eos>
+        # (a decoder's first token sees nothing of the question or the context).
+        nulls = [(w["null"], w["null"]) for w in windows]
+        assert all(n == ((0, 0) if arch == "encoder" else (len(w["input_ids"]) - 1,) * 2)
+                   for n, w in zip(nulls, windows))
         targets = [w["target"] for w in windows]
         if q.impossible:
-            assert set(targets) == {(0, 0)}
+            assert targets == nulls
             continue
-        assert any(t != (0, 0) for t in targets), f"answer of {q.id} in no window"
+        assert targets != nulls, f"answer of {q.id} in no window"
         gold, start = q.answers[0]
         for w in windows:
             s, e = w["target"]
-            if (s, e) == (0, 0):
+            if (s, e) == (w["null"], w["null"]):
                 continue
             cs = w["context_start"]
             assert cs <= s <= e < len(w["input_ids"]) - 1
@@ -200,6 +205,12 @@ def test_no_answer_threshold_and_windows_of_one_question():
     spaced = [(0, 3), (3, 12), (12, 18)]
     out = best_answer(CONTEXT, [window({4: 5.0}, {4: 5.0}, offsets=spaced)], allow_null=False)
     assert out["answer"] == "Lovelace" and CONTEXT[out["start"]:out["end"]] == "Lovelace"
+    # A decoder's null position is its last token, not its first.
+    last = window({0: 9.0, 7: 2.0, 11: 4.0}, {0: 9.0, 8: 1.5, 11: 1.0})
+    last.null = 11
+    assert best_answer(CONTEXT, [last]) == {"answer": "", "start": 0, "end": 0, "score": 5.0}
+    last.null = 0
+    assert best_answer(CONTEXT, [last])["score"] == 18.0
     blank = [(0, 3), (3, 4), (4, 12)]  # a lone space token is never the answer
     out = best_answer(CONTEXT, [window({4: 9.0, 5: 1.0}, {4: 9.0, 5: 1.0}, offsets=blank)], allow_null=False)
     assert out["answer"] == "Lovelace" and (out["start"], out["end"]) == (4, 12)
@@ -302,6 +313,8 @@ def test_predict_offsets_and_evaluate_scores(shared_data, wordpiece, bpe, tmp_pa
     assert proc.returncode == 0, proc.stderr
     printed = {line.split()[0]: float(line.split()[1]) for line in proc.stdout.splitlines()[1:]}
     metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["examples"] == len(questions) == 24  # questions, not their context windows
+    assert proc.stdout.splitlines()[0].startswith(f"{data}: 24 examples in ")
     expected = squad_scores([[t for t, _ in q.answers] for q in questions],
                             [p["answer"] for p in predictions])
     for key in ("exact", "f1", "HasAns_f1", "NoAns_exact"):

@@ -26,17 +26,21 @@ def run(args) -> int:
     model, objective, device, autocast_ctx = load_task(args)
     if getattr(objective, "max_eval_examples", 0) is None:
         objective.max_eval_examples = 0  # sft: generate and score every response here
-    features = objective.featurize(objective.read(args.data), training=False)
+    rows = objective.read(args.data)
+    features = objective.featurize(rows, training=False)
     if not features:
         raise DataError(f"{args.data}: no examples to evaluate")
     batches = objective.eval_batches(features, 0, args.batch_size, 0)
     metrics = objective.evaluate(model, batches, device, autocast_ctx)
     metrics = {k.removeprefix("val_"): v for k, v in metrics.items()}
     width = max(len(k) for k in metrics)
-    print(f"{args.data}: {len(features)} examples")
+    # Examples as the file holds them (a QA question or a long NER sentence may span several
+    # model windows: those are counted apart).
+    windows = f" in {len(features)} model windows" if len(features) != len(rows) else ""
+    print(f"{args.data}: {len(rows)} examples{windows}")
     for k, v in metrics.items():
         print(f"  {k:<{width}}  {v:.4f}")
     if args.output:
-        Path(args.output).write_text(json.dumps({"data": args.data, "examples": len(features),
+        Path(args.output).write_text(json.dumps({"data": args.data, "examples": len(rows),
                                                  **metrics}, indent=2) + "\n")
     return 0

@@ -156,6 +156,7 @@ class Window:
     end_logits: np.ndarray
     context_start: int
     offsets: list[tuple[int, int]]
+    null: int = 0  # the "no answer" position: [CLS], or a decoder's last token
 
 
 def best_answer(context: str, windows: list[Window], n_best: int = 20, max_answer_length: int = 30,
@@ -163,10 +164,11 @@ def best_answer(context: str, windows: list[Window], n_best: int = 20, max_answe
     """The best span over a question's windows: among the ``n_best`` start and end logits of
     each window, spans of context tokens with start <= end and at most ``max_answer_length``
     tokens, scored start + end logit. With ``allow_null`` (SQuAD 2.0) the answer is "" when
-    the null score (start[0] + end[0], the lowest over windows) exceeds the best span's score
+    the null score (start + end logit at the window's null position, the lowest over windows)
+    exceeds the best span's score
     by more than ``null_threshold``. Offsets are characters: context[start:end] == answer
     (without the leading space a byte-level BPE token carries; blank spans are no answer)."""
-    null = min(float(w.start_logits[0] + w.end_logits[0]) for w in windows)
+    null = min(float(w.start_logits[w.null] + w.end_logits[w.null]) for w in windows)
     best = None  # (score, first char, end char)
     for w in windows:
         starts = np.argsort(-w.start_logits)[:n_best]
@@ -292,7 +294,9 @@ class QuestionAnswering(TaskObjective):
     def windows(self, questions: list[Question]) -> list[dict]:
         """One feature per window of each question: ids, token types, which question
         (``example``), where its context starts, its context tokens' character offsets and the
-        start/end targets of the first gold answer (0 when outside the window or none)."""
+        start/end targets of the first gold answer (the null position when outside the window
+        or none: an encoder's [CLS]; a decoder's closing <eos>, as its first token sees nothing
+        of the question or the context)."""
         features, contexts = [], {}
         for qi, q in enumerate(questions):
             q_ids = self.encode(q.question.lstrip())[:self.max_query_length]
@@ -308,12 +312,13 @@ class QuestionAnswering(TaskObjective):
             context_start = len(q_ids) + self.special - 1
             for w in window_starts(len(c_ids), room, self.doc_stride):
                 ids, types = self.frame(q_ids, c_ids[w:w + room])
-                target = None if q.answers is None else (0, 0)
+                null = 0 if self.arch == "encoder" else len(ids) - 1
+                target = None if q.answers is None else (null, null)
                 if span is not None and w <= span[0] and span[1] < w + room:
                     target = (context_start + span[0] - w, context_start + span[1] - w)
                 features.append({"input_ids": ids, "token_type_ids": types, "index": len(features),
                                   "example": qi, "context_start": context_start,
-                                  "offsets": c_offsets[w:w + room], "target": target})
+                                  "offsets": c_offsets[w:w + room], "target": target, "null": null})
         return features
 
     def featurize(self, questions: list[Question], training: bool) -> list[dict]:
@@ -364,7 +369,8 @@ class QuestionAnswering(TaskObjective):
         """Each question's best answer over its windows (see ``best_answer``)."""
         windows = [[] for _ in questions]
         for f in features:
-            windows[f["example"]].append(Window(*logits[f["index"]], f["context_start"], f["offsets"]))
+            windows[f["example"]].append(Window(*logits[f["index"]], f["context_start"], f["offsets"],
+                                                f["null"]))
         allow_null = self.version_2_with_negative
         if allow_null is None:
             allow_null = any(q.impossible for q in questions)
