@@ -34,7 +34,7 @@ from _util import REPO, assert_one_line_error, cli_env, make_char_dataset
 TINY = dict(model="baby", model_args={"n_layer": 2, "n_embd": 32, "n_head": 4}, block_size=16,
             batch_size=4, grad_accum=2, max_steps=6, lr=5e-4, warmup_steps=2, dropout=0.0,
             eval_interval=3, eval_batches=2, log_interval=1, save_interval=3, progress=False,
-            precision="fp32", tensorboard=False, threads=1)
+            precision="fp32", tensorboard=False, threads=1, dist_timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -161,9 +161,34 @@ def test_ddp_two_ranks_equal_one_process_with_doubled_batch(single, ddp):
 
 
 def test_fsdp_two_ranks_equal_one_process_with_doubled_batch(single, data, tmp_path):
+    """FSDP2 (with activation checkpointing, which recomputes the same values)."""
     out = tmp_path / "fsdp"
-    ok(run_ranks(train, out_dir=str(out), data=str(data), **{**TINY, "parallel": "fsdp"}))
+    ok(run_ranks(train, out_dir=str(out), data=str(data),
+                 **{**TINY, "parallel": "fsdp", "activation_checkpointing": True}))
     assert_same_weights(single, out)  # gathered from the shards into one safetensors file
+    bf16 = tmp_path / "bf16"  # mixed precision: bf16 weights gathered, fp32 gradient reduction
+    losses = ok(run_ranks(train, out_dir=str(bf16), data=str(data),
+                          **{**TINY, "parallel": "fsdp", "precision": "bf16", "lr": 3e-3}))
+    assert losses[0]["train_loss"] == losses[1]["train_loss"] < train_losses(bf16)[1] - 0.1
+    assert weights(bf16)["wte.weight"].dtype == torch.float32  # the fp32 master weights
+
+
+def test_encoder_mlm_under_ddp_and_fsdp(tmp_path):
+    """An MLM encoder calls its head besides forward and leaves the NSP head unused."""
+    from lmforge.data.prepare import prepare_corpus
+    from lmforge.tokenization import train_tokenizer
+    from _util import SHAKESPEARE
+    text = tmp_path / "text.txt"
+    text.write_text(SHAKESPEARE.read_text()[:60_000])
+    prepare_corpus([text], train_tokenizer([text], kind="wordpiece", vocab_size=500),
+                   tmp_path / "data", split_on_blank_lines=True, val_fraction=0.05, workers=1)
+    cfg = {**TINY, "model": "bert-mini", "objective": "mlm", "block_size": 32, "max_steps": 3,
+           "eval_interval": 3, "save_interval": 0}
+    for mode in ("ddp", "fsdp"):
+        ok(run_ranks(train, out_dir=str(tmp_path / mode), data=str(tmp_path / "data"),
+                     parallel=mode, **cfg))
+    assert train_losses(tmp_path / "ddp") == pytest.approx(train_losses(tmp_path / "fsdp"), abs=1e-6)
+    assert_same_weights(tmp_path / "ddp", tmp_path / "fsdp")
 
 
 def test_resume_two_rank_checkpoint_on_one_and_two(ddp, data, tmp_path):
@@ -188,6 +213,27 @@ def test_resume_two_rank_checkpoint_on_one_and_two(ddp, data, tmp_path):
     assert_same_weights(ddp, run, atol=0)
     assert_same_weights(ddp, one)
     assert load_run_config(one).batch_size == TINY["batch_size"]  # the saved config is unchanged
+
+
+def test_one_process_checkpoint_resumes_on_two_ranks(single, tmp_path):
+    """Start small, scale out: a one-process run continues under DDP with half the batch per
+    rank; FSDP refuses its unsharded checkpoint with one line."""
+    run = tmp_path / "run"
+    shutil.copytree(single, run)
+    shutil.rmtree(run / "checkpoints" / "step-00000006")
+    (run / "checkpoints" / "latest").write_text("step-00000003")
+    fsdp = ok_or_errors(run_ranks(train, out_dir=str(run), resume=True, parallel="fsdp"))
+    assert all("written by one process" in e for e in fsdp), fsdp
+    ok(run_ranks(train, out_dir=str(run), resume=True))
+    assert_same_weights(single, run)
+    state = ckpt.read_state(run / "checkpoints" / "step-00000006")
+    assert state["world_size"] == 2 and state["global_batch"] == 2 * TINY["batch_size"]
+
+
+def ok_or_errors(results: list) -> list[str]:
+    """The error text of every rank (each must have failed)."""
+    assert all(status == "error" for status, _ in results), results
+    return [value.strip().splitlines()[-1] for _, value in results]
 
 
 def test_tensor_parallel_equals_one_process(data, tmp_path):
@@ -222,7 +268,7 @@ def test_lost_rank_stops_the_job_and_keeps_the_checkpoint(data, tmp_path):
     run = tmp_path / "run"
     start = time.time()
     results = run_ranks(_die_at, step=4, rank=1, out_dir=str(run), data=str(data),
-                        **{**TINY, "dist_timeout": 30})
+                        **{**TINY, "dist_timeout": 20})
     assert time.time() - start < 60
     status, message = results[0]
     assert status == "error" and "DistributedError" in message, message

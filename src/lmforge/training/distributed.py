@@ -175,15 +175,31 @@ def is_lost_rank(exc: BaseException) -> bool:
 
 
 # ---- applying the parallelism ---------------------------------------------------------------
-class DataParallel(nn.parallel.DistributedDataParallel):
-    """DDP that also exposes the wrapped model's attributes (``config``, ``mlm_logits``...), so
-    objectives use it as they use the model."""
+class ObjectiveLoss(nn.Module):
+    """The objective's loss on a batch as one module's forward. DDP wraps this rather than the
+    model, so it sees every parameter the loss uses, heads called besides the model's forward
+    (``mlm_logits``) included."""
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.module, name)
+    def __init__(self, model: nn.Module, objective):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.objective.loss(self.model, batch)
+
+
+def data_parallel(loss: ObjectiveLoss, ranks: Ranks, device: torch.device) -> nn.Module:
+    """DDP over the loss module when this is a DDP run (else the module itself)."""
+    if not ranks.distributed or ranks.parallel != "ddp":
+        return loss
+    ids = [device.index] if device.type == "cuda" else None
+    # Gradients as views into DDP's communication buckets: no second copy of them. A decoder LM
+    # uses every weight each step; other models may not (an MLM objective skips the NSP head, a
+    # classifier the pretraining heads), which DDP must then look for after each forward.
+    model = loss.model
+    every_weight_used = getattr(model.config, "arch", "") == "decoder" and not hasattr(model, "backbone")
+    return nn.parallel.DistributedDataParallel(loss, device_ids=ids, gradient_as_bucket_view=True,
+                                               find_unused_parameters=not every_weight_used)
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
@@ -228,21 +244,16 @@ def check_parallel(model: nn.Module, ranks: Ranks, precision: str, objective) ->
         raise ConfigError(f"LoRA fine-tuning runs with --parallel ddp, not {ranks.parallel}")
 
 
-def parallelize(model: nn.Module, ranks: Ranks, precision: str, device: torch.device) -> nn.Module:
-    """Apply the run's parallelism to ``model``; return the module to call for forward.
-
-    DDP wraps the model (``model`` itself stays plain); FSDP2 shards each block, then the root,
-    in place (bf16 runs gather weights in bf16 and reduce gradients in fp32); TP shards the
-    attention and MLP linears of every block in place."""
-    if not ranks.distributed:
-        return model
-    if ranks.parallel == "ddp":
-        ids = [device.index] if device.type == "cuda" else None
-        # Gradients as views into DDP's communication buckets: no second copy of them.
-        return DataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
+def parallelize(model: nn.Module, ranks: Ranks, precision: str, device: torch.device) -> None:
+    """Shard ``model`` in place for FSDP2 (each block, then the root; bf16 runs gather weights
+    in bf16 and reduce gradients in fp32) or TP (the attention and MLP linears of every block).
+    DDP leaves the model alone (:func:`data_parallel` wraps the loss)."""
+    if not ranks.distributed or ranks.parallel == "ddp":
+        return
     if ranks.parallel == "fsdp":
-        return shard_fsdp(model, precision)
-    return tensor_parallel(model, ranks.world_size, device)
+        shard_fsdp(model, precision)
+    else:
+        tensor_parallel(model, ranks.world_size, device)
 
 
 def shard_fsdp(model: nn.Module, precision: str) -> nn.Module:
@@ -259,15 +270,15 @@ def shard_fsdp(model: nn.Module, precision: str) -> nn.Module:
 
 
 @contextlib.contextmanager
-def gradient_sync(module: nn.Module, enabled: bool):
+def gradient_sync(loss: nn.Module, model: nn.Module, enabled: bool):
     """Micro-steps of gradient accumulation: gradients stay local unless ``enabled`` (the last
-    micro-step), so ranks communicate once per optimizer step (DDP ``no_sync``, FSDP2
-    ``set_requires_gradient_sync``)."""
+    micro-step), so ranks communicate once per optimizer step (DDP's ``no_sync`` on the loss
+    module, FSDP2's ``set_requires_gradient_sync`` on the model)."""
     from torch.distributed.fsdp import FSDPModule
-    if isinstance(module, FSDPModule):
-        module.set_requires_gradient_sync(enabled)
-    if isinstance(module, nn.parallel.DistributedDataParallel) and not enabled:
-        with module.no_sync():
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(enabled)
+    if isinstance(loss, nn.parallel.DistributedDataParallel) and not enabled:
+        with loss.no_sync():
             yield
         return
     yield

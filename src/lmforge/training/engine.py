@@ -113,7 +113,7 @@ class Trainer:
         self.skeleton = distributed.meta_copy(self.model) if sharded and self.ranks.is_main else None
         if cfg.activation_checkpointing:
             distributed.checkpoint_activations(self.model)
-        self.wrapped = distributed.parallelize(self.model, self.ranks, self.precision, self.device)
+        distributed.parallelize(self.model, self.ranks, self.precision, self.device)
         if self.ranks.rank:
             torch.manual_seed(cfg.seed + self.ranks.rank)  # every rank its own dropout
         self.optimizer = build_optimizer(self.model, cfg, self.device)
@@ -131,7 +131,9 @@ class Trainer:
                                                         cfg.batch_size,
                                                         cfg.eval_batches * self.ranks.data_parallel)
                             if self.val_data is not None else None)
-        self.forward_model = torch.compile(self.wrapped) if cfg.compile else self.wrapped
+        self.forward_model = torch.compile(self.model) if cfg.compile else self.model
+        self.loss_module = distributed.data_parallel(
+            distributed.ObjectiveLoss(self.forward_model, self.objective), self.ranks, self.device)
         self.step, self.tokens_seen = 0, 0
         self.best_val, self.best_step, self.evals_since_best = math.inf, None, 0
         self._stop_signal = None
@@ -294,9 +296,9 @@ class Trainer:
             batch = self.ranks.own_rows(self.objective.make_batch(self.sampler.next_batch()))
             tokens += batch_tokens(batch, cfg.batch_size * self.block_size)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            with distributed.gradient_sync(self.wrapped, micro == cfg.grad_accum - 1):
+            with distributed.gradient_sync(self.loss_module, self.model, micro == cfg.grad_accum - 1):
                 with autocast(self.device, self.precision):
-                    loss = self.objective.loss(self.forward_model, batch) / cfg.grad_accum
+                    loss = self.loss_module(batch) / cfg.grad_accum
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.item()
         if self.scaler:
