@@ -4,8 +4,8 @@
 #
 #     bash benchmarks/finetune_quality.sh GROUP [OUT_DIR]      (default OUT_DIR runs/quality)
 #
-#   bert-mini    SST-2, MRPC, STS-B, CoLA, WNUT-17, SQuAD-sample from runs/bert-mini/run
-#                (benchmarks/pretrain_bert_mini.sh makes it)
+#   bert-mini    SST-2, MRPC, STS-B, CoLA, WNUT-17, SQuAD-sample from $BERT (default runs/bert-mini-uniform/run)
+#                (DOCUMENTS=uniform bash benchmarks/pretrain_bert_mini.sh runs/bert-mini-uniform)
 #   experiment   pretrain-vs-scratch with that bert-mini on SST-2 (10k examples) and WNUT-17
 #   minilm       all-MiniLM-L6-v2 (PyPI) on SST-2 (full train set), MRPC, STS-B, WNUT-17
 #   t5           Tatoeba English -> French with a t5-tiny encoder-decoder
@@ -18,7 +18,7 @@ OUT=${2:-runs/quality}
 HERE=$(dirname "$0")
 T=$(cd "$HERE/../../shared/data/tasks" && pwd)
 GLUE=$T/glue
-BERT=${BERT:-runs/bert-mini/run}
+BERT=${BERT:-runs/bert-mini-uniform/run}  # see RESULTS.md: the bert-mini that got past the plateau
 mkdir -p "$OUT"
 python "$HERE/task_files.py" "$OUT/files" > /dev/null
 F=$OUT/files

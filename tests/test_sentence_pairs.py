@@ -9,7 +9,7 @@ import torch
 
 from lmforge.data.dataset import TokenShards
 from lmforge.data.prepare import prepare_corpus
-from lmforge.errors import DataError
+from lmforge.errors import ConfigError, DataError
 from lmforge.objectives import get_objective
 from lmforge.tokenization import train_tokenizer
 
@@ -132,3 +132,8 @@ def test_first_segments_come_from_documents_in_proportion_to_length(corpus, tmp_
     uniform = np.mean([sampler.random_document(g)[0][1] == longest for _ in range(2000)])
     assert abs(weighted - share) < 0.04 and share > 0.7
     assert uniform < 0.05
+    # the objective draws A by length unless told otherwise
+    assert obj.by_length and not get_objective("nsp", tokenizer=tok, documents="uniform",
+                                               meta={"eos_id": tok.token_to_id("[SEP]")}).by_length
+    with pytest.raises(ConfigError, match="documents"):
+        get_objective("sop", tokenizer=tok, documents="random", meta={"eos_id": tok.token_to_id("[SEP]")})

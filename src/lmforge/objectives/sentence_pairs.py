@@ -88,12 +88,16 @@ class SentencePairObjective(MaskedLM):
     """MLM plus a two-way sentence-pair head; subclasses decide how B relates to A."""
 
     def __init__(self, tokenizer=None, meta: dict | None = None, mlm: bool = True,
-                 short_seq_prob: float = 0.1, **mlm_options: Any):
+                 short_seq_prob: float = 0.1, documents: str = "by_length", **mlm_options: Any):
         super().__init__(tokenizer, meta, **mlm_options)
         if self.cls_id is None or self.sep_id is None or self.pad_id is None:
             raise ConfigError(f"objective '{self.name}' needs [CLS], [SEP] and [PAD] tokens in the "
                               "tokenizer (train one with --kind wordpiece)")
+        if documents not in ("by_length", "uniform"):
+            raise ConfigError(f"objective option 'documents' must be 'by_length' (BERT) or 'uniform', "
+                              f"got {documents!r}")
         self.use_mlm, self.short_seq_prob = mlm, short_seq_prob
+        self.by_length = documents == "by_length"  # how segment A's document is drawn
         self.truncated = 0  # pairs longer than the block, truncated longest-first
 
     def check_model(self, model) -> None:
@@ -123,7 +127,7 @@ class SentencePairObjective(MaskedLM):
         target = sampler.max_tokens
         if _rand(g) < self.short_seq_prob:
             target = _randint(2, sampler.max_tokens, g)
-        where, sentences = sampler.random_document(g, by_length=True)
+        where, sentences = sampler.random_document(g, by_length=self.by_length)
         start = _randint(0, max(len(sentences) - 2, 0), g)
         chunk, length = [], 0
         for sentence in sentences[start:]:
