@@ -509,3 +509,65 @@ def test_memory_stays_under_2gb_on_a_1gb_corpus(tmp_path, shared_data, shakespea
           f"({mb:.0f} MB in {seconds:.0f} s)")
     assert mb > 990
     assert peak < 2e9, f"peak RSS {peak / 1e6:.0f} MB"
+
+
+# --------------------------------------------------------------------------- parts and merge
+
+def _documents(out: Path, split: str, eos: int) -> list[tuple[int, ...]]:
+    docs, current = [], []
+    for t in read_tokens(out, split).tolist():
+        if t == eos:
+            docs.append(tuple(current))
+            current = []
+        else:
+            current.append(t)
+    return docs
+
+
+def test_prepare_in_parts_then_merge_equals_one_run(tok, tmp_path, shakespeare, run_lmforge):
+    """Two parts (every other file each), merged: the documents of one run, train and val alike,
+    with sentence indexes that still point at sentence starts."""
+    from lmforge.data.dataset import TokenShards
+    from lmforge.data.prepare import merge_prepared
+    paragraphs = [p for p in shakespeare.read_text().split("\n\n") if p.strip()][:300]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(5):
+        (corpus / f"{i}.txt").write_text("\n\n".join(paragraphs[i::5]))
+    options = dict(split_on_blank_lines=True, val_fraction=0.2, shard_tokens=2000,
+                   split_sentences=True)
+    one = prepare([corpus], tok, tmp_path / "one", **options)
+    parts = [prepare([corpus], tok, tmp_path / f"part{i}", num_parts=2, part=i, **options)
+             for i in (1, 0)]
+    assert [len(p["part"]["inputs"]) for p in parts] == [2, 3]
+    merged = merge_prepared([tmp_path / "part1", tmp_path / "part0"], tmp_path / "merged")
+    eos = eos_token_id(tok)
+    for split in ("train", "val"):
+        assert sorted(_documents(tmp_path / "merged", split, eos)) == \
+            sorted(_documents(tmp_path / "one", split, eos))
+        assert merged["splits"][split]["tokens"] == one["splits"][split]["tokens"]
+        assert merged["splits"][split]["sentences"] == one["splits"][split]["sentences"]
+    assert len(merged["splits"]["train"]["shards"]) > 2 and "part" not in merged
+    data = TokenShards(tmp_path / "merged", "train")  # checks sizes and sentence indexes
+    assert sum(len(data.document_sentences(s, d)) for s in range(len(data.shards))
+               for d in range(len(data.documents(s)))) == merged["splits"]["train"]["sentences"]
+    assert merged["cleaning"]["docs_in"] == one["cleaning"]["docs_in"]
+    with pytest.raises(DataError, match="all of them once"):
+        merge_prepared([tmp_path / "part0"], tmp_path / "half")
+    with pytest.raises(ConfigError, match="part must be"):
+        prepare([corpus], tok, tmp_path / "bad", num_parts=2, part=2)
+    with pytest.raises(DataError, match="has no input file"):
+        prepare([corpus / "0.txt"], tok, tmp_path / "bad", num_parts=2, part=1)
+
+    tok.save(str(tmp_path / "tok.json"))
+    base = ["-t", tmp_path / "tok.json", "--workers", "1", "--split-on-blank-lines", "--num-parts", "2"]
+    for i in range(2):
+        assert run_lmforge("prepare", corpus, *base, "--part", str(i), "--out",
+                           tmp_path / f"cli{i}").returncode == 0
+    result = run_lmforge("prepare-merge", tmp_path / "cli0", tmp_path / "cli1", "--out",
+                         tmp_path / "cli")
+    assert result.returncode == 0, result.stderr
+    assert "documents out" in result.stdout
+    line = one_line_error(run_lmforge("prepare-merge", tmp_path / "cli0", tmp_path / "one",
+                                      "--out", tmp_path / "mixed"))
+    assert "sentence_index differ" in line or "all of them once" in line

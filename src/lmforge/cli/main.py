@@ -17,6 +17,7 @@ COMMANDS = {
     "quickstart": ("quickstart_cmd", "train a tokenizer and a small GPT on Shakespeare, then sample"),
     "tokenizer": ("tokenizer_cmd", "train, inspect and use tokenizers"),
     "prepare": ("prepare_cmd", "clean, deduplicate, tokenize and shard a corpus"),
+    "prepare-merge": ("prepare_merge_cmd", "join datasets prepared in parts into one"),
     "models": ("models_cmd", "list model presets with parameter counts"),
     "pretrain": ("pretrain_cmd", "pretrain a model with an objective on a prepared dataset"),
     "plan": ("plan_cmd", "FLOPs, memory per GPU (DDP vs FSDP) and time to a token budget"),

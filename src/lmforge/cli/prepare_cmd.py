@@ -75,6 +75,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "<|endoftext|>, </s>, [SEP] or <eos>)")
     out.add_argument("--workers", type=int, default=None, metavar="N",
                      help="tokenizer processes (default: number of cores; 0/1: none)")
+    out.add_argument("--num-parts", type=int, default=_DEFAULTS.num_parts, metavar="K",
+                     help="prepare the corpus in K parts (one per machine or process), then join "
+                          "them with `lmforge prepare-merge`; dedup holds within a part")
+    out.add_argument("--part", type=int, default=_DEFAULTS.part, metavar="I",
+                     help="which part this run prepares, 0..K-1: every K-th input file from the I-th")
     out.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     out.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_prepare)

@@ -16,6 +16,12 @@ Output folder::
     tokenizer.json        the tokenizer that produced them
     meta.json             dtype, vocab_size, eos_id, tokenizer_sha256, splits, cleaning stats
 
+A large corpus can be prepared in parts, on as many machines: ``num_parts=K, part=i`` takes
+every K-th input file from the i-th (each machine reads only its files), and
+:func:`merge_prepared` joins the K part folders into one dataset without re-reading a token.
+Exact and near deduplication then hold within a part, not across parts; the val split, a hash
+of each document, is the same as in one run.
+
 With split_sentences, each sentence (see :mod:`.sentences`) is tokenized on its own, the
 whitespace before it attached to its start, so a sentence boundary is always a token boundary
 and the ids of a document still decode to its exact text. For byte-level BPE and WordPiece the
@@ -95,6 +101,8 @@ class PrepareOptions:
     split_sentences: bool = False
     eos_id: int | None = None
     workers: int | None = None
+    num_parts: int = 1
+    part: int = 0
     overwrite: bool = False
     progress: bool = False
 
@@ -120,6 +128,9 @@ class PrepareOptions:
             raise ConfigError("shard_tokens must be positive")
         if self.workers is not None and self.workers < 0:
             raise ConfigError("workers must be >= 0 (0 or 1: no worker processes)")
+        if self.num_parts < 1 or not 0 <= self.part < self.num_parts:
+            raise ConfigError(f"part must be in [0, num_parts) and num_parts >= 1, got part "
+                              f"{self.part} of {self.num_parts}")
 
     @property
     def split_mode(self) -> str:
@@ -509,6 +520,8 @@ def prepare_corpus(inputs: Sequence[str | Path], tokenizer: Tokenizer | str | Pa
     val_paths = expand_inputs(opts.val_inputs) if opts.val_inputs else []
     if (train_paths + val_paths).count("-") > 1:
         raise DataError("stdin (-) can be read only once")
+    if opts.num_parts > 1:
+        train_paths, val_paths = _part_inputs(train_paths, val_paths, opts.num_parts, opts.part)
     out = Path(out_dir)
     _check_output_dir(out, opts.overwrite)
 
@@ -551,6 +564,8 @@ def prepare_corpus(inputs: Sequence[str | Path], tokenizer: Tokenizer | str | Pa
             "inputs": [str(p) for p in inputs],
             "options": opts.recorded(),
             "lmforge_version": __version__,
+            **({"part": {"index": opts.part, "count": opts.num_parts, "inputs": train_paths}}
+               if opts.num_parts > 1 else {}),
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         _move_into_place(tmp, out)
@@ -562,3 +577,96 @@ def prepare_corpus(inputs: Sequence[str | Path], tokenizer: Tokenizer | str | Pa
     finally:
         progress.close()
     return meta
+
+
+# ----------------------------------------------------------------------------- parts
+
+def _part_inputs(train: list[str], val: list[str], parts: int, part: int) -> tuple[list[str], list[str]]:
+    """Every ``parts``-th input file from the ``part``-th (the val inputs likewise)."""
+    if "-" in train + val:
+        raise DataError("stdin (-) cannot be split into parts; give files or folders")
+    mine = train[part::parts]
+    if not mine:
+        raise DataError(f"part {part} of {parts} has no input file ({len(train)} files in all); "
+                        "use at most as many parts as files")
+    return mine, val[part::parts]
+
+
+# What every part of one dataset must share to be merged.
+_SHARED_META = ("format", "dtype", "vocab_size", "eos_id", "tokenizer_sha256", "sentence_index")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link (no copy, the part stays intact), or a copy across filesystems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def merge_prepared(parts: Sequence[str | Path], out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Join datasets prepared in parts (``num_parts``/``part``, or any prepared with the same
+    tokenizer) into ``out_dir``: their shards renumbered in part order (hard links where the
+    filesystem allows, else copies), one meta.json with the summed counts. Parts written by
+    ``num_parts`` must all be there, each once."""
+    from .dataset import read_meta  # dataset imports this module
+
+    roots = [Path(p) for p in parts]
+    metas = [read_meta(root) for root in roots]
+    for root, meta in zip(roots[1:], metas[1:]):
+        for key in _SHARED_META:
+            if meta.get(key) != metas[0].get(key):
+                raise DataError(f"cannot merge {root} with {roots[0]}: their {key} differ "
+                                f"({meta.get(key)!r} vs {metas[0].get(key)!r})")
+    indexed = [m["part"] for m in metas if "part" in m]
+    if indexed:
+        count = indexed[0]["count"]
+        found = sorted(p["index"] for p in indexed)
+        if len(indexed) != len(metas) or found != list(range(count)):
+            raise DataError(f"a dataset prepared in {count} parts merges all of them once; got "
+                            f"part(s) {', '.join(map(str, found))} of {len(metas)} folder(s)")
+        order = sorted(range(len(metas)), key=lambda i: metas[i]["part"]["index"])
+        roots, metas = [roots[i] for i in order], [metas[i] for i in order]
+    out = Path(out_dir)
+    _check_output_dir(out, overwrite)
+    tmp = _make_temp_dir(out)
+    try:
+        splits = {split: _merge_split(split, roots, metas, tmp) for split in SPLITS}
+        shutil.copyfile(roots[0] / "tokenizer.json", tmp / "tokenizer.json")
+        stats = new_stats()
+        for meta in metas:
+            for key, value in meta.get("cleaning", {}).items():
+                stats[key] = stats.get(key, 0) + value
+        options = {k: v for k, v in metas[0].get("options", {}).items() if k not in ("num_parts", "part")}
+        meta = {**{k: metas[0][k] for k in _SHARED_META if k in metas[0]}, "splits": splits,
+                "cleaning": stats, "inputs": [i for m in metas for i in m.get("inputs", [])],
+                "options": options, "merged_from": [str(r) for r in roots],
+                "lmforge_version": __version__}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def _merge_split(split: str, roots: list[Path], metas: list[dict], tmp: Path) -> dict[str, Any]:
+    merged: dict[str, Any] = {"shards": [], "shard_tokens": [], "tokens": 0, "docs": 0}
+    sentences = bool(metas[0].get("sentence_index"))
+    if sentences:
+        merged.update(sentences=0, shard_sentences=[])
+    for root, meta in zip(roots, metas):
+        info = meta["splits"].get(split, {})
+        for i, (name, tokens) in enumerate(zip(info.get("shards", []), info.get("shard_tokens", []))):
+            new = f"{split}-{len(merged['shards']):05d}.bin"
+            _link_or_copy(root / name, tmp / new)
+            if sentences:
+                _link_or_copy(root / sentence_index_name(name), tmp / sentence_index_name(new))
+                merged["shard_sentences"].append(info["shard_sentences"][i])
+            merged["shards"].append(new)
+            merged["shard_tokens"].append(tokens)
+        merged["tokens"] += info.get("tokens", 0)
+        merged["docs"] += info.get("docs", 0)
+        if sentences:
+            merged["sentences"] += info.get("sentences", 0)
+    return merged
