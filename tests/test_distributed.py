@@ -215,6 +215,37 @@ def test_resume_two_rank_checkpoint_on_one_and_two(ddp, data, tmp_path):
     assert load_run_config(one).batch_size == TINY["batch_size"]  # the saved config is unchanged
 
 
+def _finetune(out_dir: str, root: str, batch_size: int) -> dict:
+    from lmforge.tasks.finetune import FinetuneConfig, FinetuneTrainer
+    from lmforge.training.engine import set_dropout
+    cfg = FinetuneConfig(model="bert-mini", tokenizer=f"{root}/tok", out_dir=out_dir,
+                         data=f"plain={root}/a.txt,loud={root}/b.txt", epochs=1, lr=1e-3,
+                         batch_size=batch_size, block_size=32, dropout=0.0, progress=False,
+                         tensorboard=False, threads=1, precision="fp32", dist_timeout=60,
+                         model_args={"n_layer": 2, "n_embd": 32, "n_head": 4,
+                                     "intermediate_size": 64})
+    trainer = FinetuneTrainer(cfg)
+    set_dropout(trainer.model, 0.0)  # the classifier head's own dropout too
+    return trainer.fit()
+
+
+def test_finetune_under_ddp_equals_one_process(tmp_path):
+    """`lmforge finetune` under torchrun: padded, length-grouped batches of a task split by rows."""
+    from lmforge.tokenization import save_tokenizer, train_tokenizer
+    from _util import SHAKESPEARE
+    lines = [ln for ln in SHAKESPEARE.read_text().splitlines() if len(ln) > 20][:240]
+    (tmp_path / "a.txt").write_text("\n".join(lines[:120]) + "\n")
+    (tmp_path / "b.txt").write_text("\n".join(ln.upper() for ln in lines[120:]) + "\n")
+    save_tokenizer(train_tokenizer([tmp_path / "a.txt", tmp_path / "b.txt"], kind="wordpiece",
+                                   vocab_size=300), tmp_path / "tok")
+    one = _finetune(str(tmp_path / "one"), str(tmp_path), batch_size=16)
+    two = ok(run_ranks(_finetune, out_dir=str(tmp_path / "two"), root=str(tmp_path), batch_size=8))
+    assert two[0]["step"] == one["step"] > 10
+    assert two[0]["val_loss"] == pytest.approx(one["val_loss"], abs=1e-5)
+    assert_same_weights(tmp_path / "one", tmp_path / "two")
+    assert json.loads((tmp_path / "two" / "eval.json").read_text())["step"] == one["step"]
+
+
 def test_one_process_checkpoint_resumes_on_two_ranks(single, tmp_path):
     """Start small, scale out: a one-process run continues under DDP with half the batch per
     rank; FSDP refuses its unsharded checkpoint with one line."""

@@ -220,6 +220,14 @@ def checkpoint_activations(model: nn.Module) -> None:
                 child[i] = checkpoint_wrapper(block)
 
 
+def compile_blocks(model: nn.Module) -> None:
+    """``torch.compile`` each block in place (as torchtitan does before sharding): the gradients
+    of a block are ready when its compiled backward ends, so DDP and FSDP communication overlaps
+    with the rest of the backward."""
+    for block in transformer_blocks(model):
+        block.compile()
+
+
 def check_parallel(model: nn.Module, ranks: Ranks, precision: str, objective) -> None:
     """Refuse, with one line, what a parallel mode does not support."""
     if not ranks.distributed:

@@ -113,6 +113,8 @@ class Trainer:
         self.skeleton = distributed.meta_copy(self.model) if sharded and self.ranks.is_main else None
         if cfg.activation_checkpointing:
             distributed.checkpoint_activations(self.model)
+        if cfg.compile and self.ranks.distributed:
+            distributed.compile_blocks(self.model)  # one process: the whole model, below
         distributed.parallelize(self.model, self.ranks, self.precision, self.device)
         if self.ranks.rank:
             torch.manual_seed(cfg.seed + self.ranks.rank)  # every rank its own dropout
@@ -131,7 +133,8 @@ class Trainer:
                                                         cfg.batch_size,
                                                         cfg.eval_batches * self.ranks.data_parallel)
                             if self.val_data is not None else None)
-        self.forward_model = torch.compile(self.model) if cfg.compile else self.model
+        compile_whole = cfg.compile and not self.ranks.distributed
+        self.forward_model = torch.compile(self.model) if compile_whole else self.model
         self.loss_module = distributed.data_parallel(
             distributed.ObjectiveLoss(self.forward_model, self.objective), self.ranks, self.device)
         self.step, self.tokens_seen = 0, 0
