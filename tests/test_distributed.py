@@ -321,7 +321,7 @@ def test_torchrun_cli_and_killed_rank(data, tmp_path):
     for key, value in {**TINY, "max_steps": 40, "save_interval": 2, "eval_interval": 0,
                        "dist_timeout": 30}.items():
         if key == "model_args":
-            flags += [f"--{k}" for kv in value.items() for k in map(str, kv)]
+            flags += [str(word) for k, v in value.items() for word in (f"--{k}", v)]
         else:
             flags += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
