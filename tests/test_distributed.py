@@ -86,15 +86,16 @@ def run_ranks(fn, world: int = 2, timeout: float = 120, **kwargs) -> list:
 
 
 def train(out_dir: str, stop_after: int | None = None, resume: bool = False, **cfg) -> dict:
-    """One rank's (or one process's) run; ``stop_after`` presses Ctrl-C on rank 0 at that step."""
+    """One rank's (or one process's) run; ``stop_after``: the last rank gets SIGTERM (as from a
+    scheduler) during that step, and every rank stops after it."""
     config = load_run_config(out_dir, cfg) if resume else TrainConfig(out_dir=out_dir, **cfg)
     trainer = Trainer(config, resume=resume)
     if stop_after is not None:
         step = trainer._train_step
 
         def step_then_stop():
-            if trainer.step == stop_after - 1 and trainer.ranks.is_main:
-                trainer._stop_signal = signal.SIGINT
+            if trainer.step == stop_after - 1 and trainer.ranks.rank == trainer.ranks.world_size - 1:
+                os.kill(os.getpid(), signal.SIGTERM)
             return step()
         trainer._train_step = step_then_stop
     return trainer.fit()
@@ -192,8 +193,9 @@ def test_encoder_mlm_under_ddp_and_fsdp(tmp_path):
 
 
 def test_resume_two_rank_checkpoint_on_one_and_two(ddp, data, tmp_path):
-    """Stop a 2-rank run at step 3, resume it on 2 ranks and (a copy) on 1: the losses continue
-    as the uninterrupted run's; on 1 process the per-rank batch doubles to keep the global one."""
+    """SIGTERM one rank of a 2-rank run at step 3: both save and stop. Resume it on 2 ranks and (a
+    copy) on 1: the losses continue as the uninterrupted run's; on 1 process the per-rank batch
+    doubles to keep the global one."""
     run = tmp_path / "run"
     results = ok(run_ranks(train, out_dir=str(run), stop_after=3, data=str(data), **TINY))
     assert all(r["interrupted"] and r["step"] == 3 for r in results)
@@ -247,18 +249,20 @@ def test_finetune_under_ddp_equals_one_process(tmp_path):
 
 
 def test_one_process_checkpoint_resumes_on_two_ranks(single, tmp_path):
-    """Start small, scale out: a one-process run continues under DDP with half the batch per
-    rank; FSDP refuses its unsharded checkpoint with one line."""
+    """Start small, scale out: a one-process run continues under DDP and under FSDP with half
+    the batch per rank; TP refuses its layout with one line."""
     run = tmp_path / "run"
     shutil.copytree(single, run)
     shutil.rmtree(run / "checkpoints" / "step-00000006")
     (run / "checkpoints" / "latest").write_text("step-00000003")
-    fsdp = ok_or_errors(run_ranks(train, out_dir=str(run), resume=True, parallel="fsdp"))
-    assert all("written by one process" in e for e in fsdp), fsdp
-    ok(run_ranks(train, out_dir=str(run), resume=True))
-    assert_same_weights(single, run)
-    state = ckpt.read_state(run / "checkpoints" / "step-00000006")
-    assert state["world_size"] == 2 and state["global_batch"] == 2 * TINY["batch_size"]
+    shutil.copytree(run, tmp_path / "fsdp")
+    tp = ok_or_errors(run_ranks(train, out_dir=str(run), resume=True, parallel="tp"))
+    assert all("1-way tensor parallelism" in e for e in tp), tp
+    for resumed, mode in ((run, "ddp"), (tmp_path / "fsdp", "fsdp")):
+        ok(run_ranks(train, out_dir=str(resumed), resume=True, parallel=mode))
+        assert_same_weights(single, resumed)
+        state = ckpt.read_state(resumed / "checkpoints" / "step-00000006")
+        assert state["world_size"] == 2 and state["global_batch"] == 2 * TINY["batch_size"]
 
 
 def ok_or_errors(results: list) -> list[str]:

@@ -87,18 +87,23 @@ def save_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module, optimize
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(tensors, tmp / "tensors.pt")
         (tmp / "state.json").write_text(json.dumps(state))
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
-        (tmp / "manifest.json").write_text(json.dumps({"step": step, "files": files}, indent=1))
-        for p in tmp.iterdir():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        replace_dir(tmp, final)
-        _write_atomic(ckpt_root / "latest", final.name)
-        _fsync_dir(ckpt_root)
+        _seal(tmp, final, step, {p.name: _sha256(p) for p in sorted(tmp.iterdir())})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _seal(tmp: Path, final: Path, step: int, files: dict[str, str]) -> None:
+    """Write the manifest of ``files`` (relative name -> SHA-256) last, flush everything to
+    disk, rename ``tmp`` to ``final`` and point ``latest`` at it."""
+    (tmp / "manifest.json").write_text(json.dumps({"step": step, "files": files}, indent=1))
+    for name in (*files, "manifest.json"):
+        with open(tmp / name, "rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    replace_dir(tmp, final)
+    _write_atomic(final.parent / "latest", final.name)
+    _fsync_dir(final.parent)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -171,14 +176,7 @@ def save_sharded(ckpt_root: Path, step: int, model: torch.nn.Module, optimizer, 
             files[f"{DCP_DIR}/.metadata"] = _sha256(tmp / DCP_DIR / ".metadata")
             for part in hashes:
                 files.update(part)
-            (tmp / "manifest.json").write_text(json.dumps({"step": step, "files": files}, indent=1))
-            for name in ("tensors.pt", "state.json", "manifest.json"):
-                with open(tmp / name, "rb") as f:
-                    os.fsync(f.fileno())
-            _fsync_dir(tmp)
-            replace_dir(tmp, final)
-            _write_atomic(ckpt_root / "latest", final.name)
-            _fsync_dir(ckpt_root)
+            _seal(tmp, final, step, files)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     dist.barrier()

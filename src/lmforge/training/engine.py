@@ -111,6 +111,7 @@ class Trainer:
         # FSDP and TP shard the model in place; rank 0 keeps an empty copy to export into.
         sharded = self.ranks.distributed and self.ranks.parallel != "ddp"
         self.skeleton = distributed.meta_copy(self.model) if sharded and self.ranks.is_main else None
+        self._loaded, full_optimizer_state = self._load_before_sharding() if resume else (None, None)
         if cfg.activation_checkpointing:
             distributed.checkpoint_activations(self.model)
         if cfg.compile and self.ranks.distributed:
@@ -119,6 +120,10 @@ class Trainer:
         if self.ranks.rank:
             torch.manual_seed(cfg.seed + self.ranks.rank)  # every rank its own dropout
         self.optimizer = build_optimizer(self.model, cfg, self.device)
+        if full_optimizer_state is not None:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+            set_optimizer_state_dict(self.model, self.optimizer, full_optimizer_state,
+                                     options=StateDictOptions(full_state_dict=True))
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         if resume:
             self._keep_global_batch()
@@ -236,9 +241,12 @@ class Trainer:
         latest = ckpt.latest_checkpoint(self.ckpt_dir)
         if latest is None:
             return  # killed before the first checkpoint: start over from step 0
-        distributed.main_decides(lambda: ckpt.verify(latest))
-        self._check_layout(latest)
-        state, tensors = ckpt.load_checkpoint(latest, self.model, self.optimizer, verified=True)
+        if self._loaded is not None:
+            state, tensors = self._loaded
+        else:
+            distributed.main_decides(lambda: ckpt.verify(latest))
+            self._check_layout(latest)
+            state, tensors = ckpt.load_checkpoint(latest, self.model, self.optimizer, verified=True)
         saved_model = ModelConfig.from_dict(state["model_config"])
         if saved_model != self.model.config:
             raise CheckpointError(f"checkpoint {latest} is of another architecture than this run's config")
@@ -259,10 +267,24 @@ class Trainer:
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
 
+    def _load_before_sharding(self) -> tuple[tuple[dict, dict] | None, dict | None]:
+        """A one-process (unsharded) checkpoint resumed under FSDP loads into the plain model
+        before it is sharded; its optimizer state, as a full state dict keyed by parameter name,
+        is sharded into the run's optimizer once that exists. Returns ((state, tensors), that
+        optimizer state), or Nones when the checkpoint loads the usual way."""
+        latest = ckpt.latest_checkpoint(self.ckpt_dir)
+        if (latest is None or not self.ranks.distributed or self.ranks.parallel != "fsdp"
+                or ckpt.is_sharded(latest)):
+            return None, None
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+        distributed.main_decides(lambda: ckpt.verify(latest))
+        optimizer = build_optimizer(self.model, self.cfg, self.device)
+        loaded = ckpt.load_checkpoint(latest, self.model, optimizer, verified=True)
+        return loaded, get_optimizer_state_dict(self.model, optimizer)
+
     def _check_layout(self, latest: Path) -> None:
         """Refuse a checkpoint whose weight layout this run cannot read: tensor-parallel
-        checkpoints resume on the same TP degree only; a one-process checkpoint loads into
-        one process or DDP."""
+        checkpoints resume on the same TP degree only."""
         saved = ckpt.read_state(latest)
         before = saved.get("tensor_parallel", 1)
         now = self.ranks.world_size if self.ranks.distributed and self.ranks.parallel == "tp" else 1
@@ -271,9 +293,6 @@ class Trainer:
                                   f"parallelism and this run uses {now}; resume it with "
                                   f"--parallel {'tp' if before > 1 else 'ddp or fsdp'} on "
                                   f"{before if before > 1 else 'any number of'} rank(s)")
-        if not ckpt.is_sharded(latest) and self.ranks.distributed and self.ranks.parallel != "ddp":
-            raise CheckpointError(f"checkpoint {latest} was written by one process; resume it "
-                                  "with --parallel ddp (or in one process) and save again")
 
     def _set_rank_rng(self, state: dict, tensors: dict) -> None:
         """Restore this rank's RNG streams (a rank the saving run did not have keeps the fresh
@@ -402,7 +421,8 @@ class Trainer:
         self._stop_signal = signum
 
     def fit(self) -> dict:
-        """Train to ``max_steps``; returns the final metrics. Ctrl-C saves and stops cleanly."""
+        """Train to ``max_steps``; returns the final metrics. Ctrl-C or SIGTERM saves and stops
+        cleanly."""
         cfg, ranks = self.cfg, self.ranks
         logger = MetricsLogger(self.run_dir, cfg.tensorboard, enabled=ranks.is_main)
         progress = Progress(cfg.max_steps, self.step, cfg.progress and ranks.is_main,
@@ -410,7 +430,9 @@ class Trainer:
         fpt = flops_per_token(self.model, self.block_size)
         # MFU of the whole job: global tokens/s against the peak of all its devices.
         peak = (cfg.peak_tflops or peak_tflops(self.device.type, self.precision)) * ranks.world_size
-        previous = signal.signal(signal.SIGINT, self._on_signal)
+        # Ctrl-C, and SIGTERM (a scheduler's preemption, torchrun stopping its workers): save
+        # and stop cleanly after the current step.
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         tokens_per_step = cfg.batch_size * cfg.grad_accum * self.block_size * ranks.data_parallel
         self.model.train()
         metrics: dict = {}
@@ -474,7 +496,8 @@ class Trainer:
                 raise self._lost_rank(exc) from None
             raise
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             progress.close()
             logger.close()
         interrupted = self._stop_signal is not None
