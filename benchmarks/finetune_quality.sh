@@ -74,8 +74,8 @@ t5)
         --special-tokens "<pad>" "</s>" "<mask>" \
         --overwrite --quiet
     lmforge finetune --model t5-tiny --tokenizer "$OUT/t5-tok" --task seq2seq \
-        --data "$F/tatoeba-train.tsv" --val_data "$F/tatoeba-dev.tsv" --epochs 30 --lr 1e-3 \
-        --batch_size 64 --block_size 64 --dropout 0.1 --best_metric val_bleu --eval_interval 500 \
+        --data "$F/tatoeba-train.tsv" --val_data "$F/tatoeba-dev.tsv" --epochs 20 --lr 1e-3 \
+        --batch_size 64 --block_size 64 --dropout 0.1 --best_metric val_bleu --eval_interval 700 \
         --task_args '{"num_beams": 4, "max_new_tokens": 48, "max_eval_examples": 0}' \
         --out_dir "$OUT/t5-tatoeba" "${COMMON[@]}"
     ;;
