@@ -27,7 +27,6 @@ import torch.nn as nn
 
 from ..errors import ConfigError, DistributedError, LMForgeError
 
-PARALLEL_MODES = ("ddp", "fsdp", "tp")
 # Model methods that objectives call besides forward (MLM and sentence heads); FSDP2 must
 # unshard the root's parameters for them too.
 EXTRA_FORWARD_METHODS = ("mlm_logits", "sentence_logits")
@@ -202,22 +201,25 @@ def data_parallel(loss: ObjectiveLoss, ranks: Ranks, device: torch.device) -> nn
                                                find_unused_parameters=not every_weight_used)
 
 
+def _block_lists(model: nn.Module) -> list[nn.ModuleList]:
+    """The block lists of any lmforge Transformer (``blocks``, ``enc_blocks``, ``dec_blocks``,
+    also inside a task model's backbone)."""
+    return [child for name, child in model.named_modules()
+            if isinstance(child, nn.ModuleList) and name.split(".")[-1].endswith("blocks")]
+
+
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks of any lmforge Transformer (``blocks``, ``enc_blocks``, ``dec_blocks``,
-    also inside a task model's backbone), in order."""
-    return [block for name, child in model.named_modules()
-            if isinstance(child, nn.ModuleList) and name.split(".")[-1].endswith("blocks")
-            for block in child]
+    """Every repeated block of the model, in order."""
+    return [block for blocks in _block_lists(model) for block in blocks]
 
 
 def checkpoint_activations(model: nn.Module) -> None:
     """Recompute every block's activations in backward (PyTorch's checkpoint wrapper; state
     dict names are unchanged)."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-    for name, child in list(model.named_modules()):
-        if isinstance(child, nn.ModuleList) and name.split(".")[-1].endswith("blocks"):
-            for i, block in enumerate(child):
-                child[i] = checkpoint_wrapper(block)
+    for blocks in _block_lists(model):
+        for i, block in enumerate(blocks):
+            blocks[i] = checkpoint_wrapper(block)
 
 
 def compile_blocks(model: nn.Module) -> None:
@@ -264,7 +266,7 @@ def parallelize(model: nn.Module, ranks: Ranks, precision: str, device: torch.de
         tensor_parallel(model, ranks.world_size, device)
 
 
-def shard_fsdp(model: nn.Module, precision: str) -> nn.Module:
+def shard_fsdp(model: nn.Module, precision: str) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
               if precision == "bf16" else MixedPrecisionPolicy())
@@ -274,7 +276,6 @@ def shard_fsdp(model: nn.Module, precision: str) -> nn.Module:
     for method in EXTRA_FORWARD_METHODS:
         if hasattr(model, method):
             register_fsdp_forward_method(model, method)
-    return model
 
 
 @contextlib.contextmanager
@@ -331,7 +332,7 @@ def tp_row_orders(config, tp: int) -> dict[str, torch.Tensor]:
     return orders
 
 
-def tensor_parallel(model: nn.Module, tp: int, device: torch.device) -> nn.Module:
+def tensor_parallel(model: nn.Module, tp: int, device: torch.device) -> None:
     """Megatron-style TP of every block: q/k/v and MLP-up column-wise, the output projections
     row-wise (one all-reduce each in forward and backward); embeddings, norms and the head are
     replicated. Heads, KV heads and the MLP width must divide by ``tp``."""
@@ -357,7 +358,6 @@ def tensor_parallel(model: nn.Module, tp: int, device: torch.device) -> nn.Modul
         parallelize_module(inner, mesh, plan)
         inner.attn.n_head //= tp  # each rank runs its own heads
         inner.attn.n_kv_head //= tp
-    return model
 
 
 def canonical_tp_state(state: dict[str, torch.Tensor], config, tp: int) -> dict[str, torch.Tensor]:
