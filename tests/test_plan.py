@@ -53,7 +53,11 @@ def test_a_7b_model_needs_fsdp_on_80gb_gpus():
                              global_batch=512, gpus=8, tokens=1e12))
     assert p["parameters"] == pytest.approx(6.74e9, rel=0.01)
     assert not p["memory"]["ddp"]["fits"] and p["memory"]["fsdp"]["fits"]
-    assert p["recommended"] == "fsdp" and p["memory"]["fsdp"]["micro_batch"] >= 1
+    assert p["recommended"] == p["parallel"] == "fsdp" and p["fits"]
+    assert p["memory"]["fsdp"]["micro_batch"] >= 1
+    judged = make_plan(PlanConfig(model="llama-mini", model_args=llama7b, seq_len=4096,
+                                  global_batch=512, gpus=8, tokens=1e12, parallel="ddp"))
+    assert judged["parallel"] == "ddp" and not judged["fits"]
     assert p["memory"]["fsdp"]["grad_accum"] * p["memory"]["fsdp"]["micro_batch"] == 64
 
 
@@ -67,3 +71,5 @@ def test_cli_table_and_json():
     assert data["parameters"] == pytest.approx(354.8e6, rel=0.01)  # GPT-2 medium's shape
     assert_one_line_error(run_cli("plan", "--gpus", "3", "--global_batch", "64"), "divide evenly")
     assert_one_line_error(run_cli("plan", "--gpu", "abacus"), "unknown GPU")
+    big = run_cli("plan", "--n_layer", "48", "--n_embd", "6144", "--n_head", "48", "--parallel", "ddp")
+    assert "--parallel ddp does NOT fit" in big.stdout and "use --parallel fsdp" in big.stdout

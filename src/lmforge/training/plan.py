@@ -53,6 +53,7 @@ class PlanConfig:
     gpu: str = _help("GPU model for the peak FLOP/s (" + ", ".join(KNOWN_PEAK_TFLOPS) + ")", "H100")
     peak_tflops: float = _help("peak dense TFLOP/s of one GPU at this precision (0 = from --gpu)", 0.0)
     precision: str = _help("bf16 (autocast; FSDP gathers bf16 weights) or fp32", "bf16")
+    parallel: str | None = _help("ddp or fsdp: the mode to judge (default: recommend one)", None)
     tokens: float = _help("training token budget", 10e9)
     mfu: float = _help("model FLOPs utilization to assume (0.3-0.5 is typical on GPUs)", 0.4)
     activation_checkpointing: bool = _help("recompute block activations in backward", False)
@@ -70,6 +71,8 @@ class PlanConfig:
                               "'peak_tflops' >= 0")
         if not 0 < self.mfu <= 1:
             raise ConfigError(f"config field 'mfu' must be in (0, 1], got {self.mfu}")
+        if self.parallel not in (None, "ddp", "fsdp"):
+            raise ConfigError(f"config field 'parallel' must be ddp or fsdp, got {self.parallel!r}")
         if self.precision not in ("bf16", "fp32"):
             raise ConfigError(f"config field 'precision' must be bf16 or fp32, got {self.precision!r}")
         if self.global_batch % self.gpus:
@@ -153,6 +156,7 @@ def make_plan(plan: PlanConfig) -> dict:
     tokens_per_sec = plan.gpus * peak * 1e12 * plan.mfu / fpt
     n = model.num_parameters()
     best = "ddp" if modes["ddp"]["fits"] else "fsdp" if modes["fsdp"]["fits"] else None
+    chosen = plan.parallel or best
     return {
         "model": plan.model, "parameters": n,
         "non_embedding_parameters": model.num_parameters(non_embedding=True),
@@ -163,7 +167,8 @@ def make_plan(plan: PlanConfig) -> dict:
         "tokens_per_step": tokens_per_step, "steps": int(-(-plan.tokens // tokens_per_step)),
         "peak_tflops_per_gpu": peak, "mfu": plan.mfu, "tokens_per_sec": tokens_per_sec,
         "seconds": plan.tokens / tokens_per_sec, "chinchilla_tokens": 20 * n,
-        "memory": modes, "recommended": best,
+        "memory": modes, "recommended": best, "parallel": chosen,
+        "fits": chosen is not None and modes[chosen]["fits"],
     }
 
 
@@ -203,10 +208,16 @@ def format_plan(p: dict) -> str:
         lines.append(f"  {label:<46}{ddp[key]:>12}{fsdp[key]:>12}")
     lines.append(f"  {'fits in ' + str(int(100 * USABLE)) + '% of the memory':<46}"
                  f"{'yes' if ddp['fits'] else 'NO':>12}{'yes' if fsdp['fits'] else 'NO':>12}")
-    best = p["recommended"]
+    best, chosen = p["recommended"], p["parallel"]
     lines.append("")
-    lines.append(f"use --parallel {best}" + (" (fits without sharding: least communication)"
-                                              if best == "ddp" else " (sharding makes it fit)")
-                 if best else "neither fits: more GPUs, activation checkpointing, a shorter "
-                              "sequence or tensor parallelism")
+    if chosen and chosen != best:
+        usage = p["memory"][chosen]["total"]
+        lines.append(f"--parallel {chosen} {'fits' if p['fits'] else 'does NOT fit'}: "
+                     f"{_gib(usage)} of {_gib(USABLE * p['gpu_memory_gib'] * GIB)} usable per GPU")
+    if best:
+        lines.append(f"use --parallel {best}" + (" (fits without sharding: least communication)"
+                                                  if best == "ddp" else " (sharding makes it fit)"))
+    else:
+        lines.append("neither fits: more GPUs, activation checkpointing, a shorter sequence or "
+                     "tensor parallelism")
     return "\n".join(lines)
