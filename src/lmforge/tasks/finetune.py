@@ -250,6 +250,8 @@ class FinetuneTrainer(Trainer):
         report = {"task": self.cfg.task, "best_metric": self.cfg.best_metric, "step": self.step,
                   "best_step": self.best_step, "trainable_parameters": trainable,
                   "parameters": total, "train_seconds": round(seconds, 1), **final}
+        if not self.ranks.is_main:  # under torchrun every rank holds the same report
+            return {**result, **final, "best_metric": self.cfg.best_metric}
         (self.run_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
         matrix = getattr(self.objective, "last_confusion", None)
         if matrix is not None:
