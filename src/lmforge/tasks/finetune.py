@@ -104,19 +104,22 @@ class FinetuneConfig(TrainConfig):
         return self
 
 
+def fixed_pick(count: int, n: int) -> set[int]:
+    """``n`` of ``count`` indices drawn at random with seed 0: the same for every run seed (and
+    both arms of an experiment)."""
+    return set(np.random.default_rng(0).permutation(count)[:n].tolist())
+
+
 def split_validation(rows: list, fraction: float) -> tuple[list, list]:
-    """A fixed random hold-out (seed 0, the same for every run seed)."""
-    order = np.random.default_rng(0).permutation(len(rows))
-    n_val = max(1, int(round(fraction * len(rows))))
-    val = set(order[:n_val].tolist())
+    """A fixed random hold-out."""
+    val = fixed_pick(len(rows), max(1, int(round(fraction * len(rows)))))
     return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
 
 
 def subsample(rows: list, n: int) -> list:
-    """A fixed random subset in the original order (seed 0: every run seed and both arms of an
-    experiment train on the same examples)."""
-    keep = np.sort(np.random.default_rng(0).permutation(len(rows))[:n])
-    return [rows[i] for i in keep]
+    """A fixed random subset, in the original order."""
+    keep = fixed_pick(len(rows), n)
+    return [r for i, r in enumerate(rows) if i in keep]
 
 
 class FinetuneTrainer(Trainer):

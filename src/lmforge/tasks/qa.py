@@ -165,8 +165,7 @@ def best_answer(context: str, windows: list[Window], n_best: int = 20, max_answe
     each window, spans of context tokens with start <= end and at most ``max_answer_length``
     tokens, scored start + end logit. With ``allow_null`` (SQuAD 2.0) the answer is "" when
     the null score (start + end logit at the window's null position, the lowest over windows)
-    exceeds the best span's score
-    by more than ``null_threshold``. Offsets are characters: context[start:end] == answer
+    exceeds the best span's score by more than ``null_threshold``. Offsets are characters: context[start:end] == answer
     (without the leading space a byte-level BPE token carries; blank spans are no answer)."""
     null = min(float(w.start_logits[w.null] + w.end_logits[w.null]) for w in windows)
     best = None  # (score, first char, end char)
