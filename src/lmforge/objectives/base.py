@@ -19,6 +19,9 @@ class Objective:
     """Turns token windows into model inputs and a loss. Subclasses set ``name``."""
 
     name = "objective"
+    # Whether ``--compile`` may compile the whole loss (model + loss head) as one graph: only for
+    # losses of fixed shapes (no data-dependent selection, which would recompile or break).
+    compile_loss = False
 
     def __init__(self, tokenizer=None, meta: dict | None = None, **options: Any):
         """``tokenizer`` (a ``tokenizers.Tokenizer``, if the dataset has one) and the dataset's

@@ -140,8 +140,11 @@ class Trainer:
                             if self.val_data is not None else None)
         compile_whole = cfg.compile and not self.ranks.distributed
         self.forward_model = torch.compile(self.model) if compile_whole else self.model
-        self.loss_module = distributed.data_parallel(
-            distributed.ObjectiveLoss(self.forward_model, self.objective), self.ranks, self.device)
+        if compile_whole and self.objective.compile_loss:  # the model and its loss as one graph
+            self.loss_module = torch.compile(distributed.ObjectiveLoss(self.model, self.objective))
+        else:
+            self.loss_module = distributed.data_parallel(
+                distributed.ObjectiveLoss(self.forward_model, self.objective), self.ranks, self.device)
         self.step, self.tokens_seen = 0, 0
         self.best_val, self.best_step, self.evals_since_best = math.inf, None, 0
         self._stop_signal = None
