@@ -149,6 +149,61 @@ def test_ranks_share_out_global_batch_rows():
     assert [Ranks(r, 2).own_rows(short)["x"].tolist() for r in range(2)] == [[0], [0]]
 
 
+class CountingShards:
+    """A dataset view that counts the windows read from it."""
+
+    def __init__(self, data):
+        self.data, self.reads = data, 0
+
+    def __getattr__(self, name):
+        return getattr(self.data, name)
+
+    def __len__(self):
+        return len(self.data)
+
+    def window(self, shard, start, length):
+        self.reads += 1
+        return self.data.window(shard, start, length)
+
+    def read(self, start, length):
+        self.reads += 1
+        return self.data.read(start, length)
+
+
+@pytest.mark.parametrize("kind", ["random", "sequential", "streams"])
+def test_rank_samplers_read_only_their_rows_of_the_global_stream(data, kind):
+    """A rank's sampler reads just its rows, which equal those rows of the one-process batches,
+    across epochs and through a checkpoint of the sampler state."""
+    from lmforge.data.dataset import RandomWindows, SequentialWindows, StreamBatches, TokenShards
+    shards = TokenShards(data, "train")
+
+    def sampler(rows=None):
+        view = CountingShards(shards)
+        if kind == "random":
+            return view, RandomWindows(view, 17, 6, seed=3, rows=rows)
+        if kind == "sequential":
+            return view, SequentialWindows(view, 17, 6, seed=3, rows=rows)
+        return view, StreamBatches(view, 16, 6, rows=rows)
+
+    def windows(batch):
+        return batch.windows if kind == "streams" else batch
+
+    _, whole = sampler()
+    steps = whole.steps_per_epoch + 2 if kind == "streams" else whole.batches_per_epoch + 2 \
+        if kind == "sequential" else 5
+    expected = [windows(whole.next_batch()) for _ in range(steps)]
+    for rank in range(2):
+        lo, hi = Ranks(rank, 2).row_range(6)
+        view, part = sampler((lo, hi))
+        got = [windows(part.next_batch()) for _ in range(steps - 1)]
+        state = part.state_dict()
+        view2, resumed = sampler((lo, hi))
+        resumed.load_state_dict(state)
+        got.append(windows(resumed.next_batch()))
+        assert all(torch.equal(g, e[lo:hi]) for g, e in zip(got, expected))
+        assert view.reads == (steps - 1) * (hi - lo) and view2.reads == hi - lo
+
+
 def test_ddp_two_ranks_equal_one_process_with_doubled_batch(single, ddp):
     assert_same_weights(single, ddp)
     ref, got = train_losses(single), train_losses(ddp)

@@ -190,11 +190,25 @@ def _locate(counts: np.ndarray, flat: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return shard, offset
 
 
-class RandomWindows:
-    """Windows of ``length`` tokens at uniformly random starts; state = the generator state."""
+def _row_range(batch_size: int, rows: tuple[int, int] | None) -> tuple[int, int]:
+    """The rows of every batch a sampler reads: ``rows`` (one data-parallel rank's share of the
+    global batch) or all of them."""
+    lo, hi = rows if rows is not None else (0, batch_size)
+    if not 0 <= lo < hi <= batch_size:
+        raise ValueError(f"rows {rows} outside a batch of {batch_size}")
+    return lo, hi
 
-    def __init__(self, data: TokenShards, length: int, batch_size: int, seed: int):
+
+class RandomWindows:
+    """Windows of ``length`` tokens at uniformly random starts; state = the generator state.
+
+    With ``rows=(lo, hi)`` (a data-parallel rank) the whole batch's starts are drawn, so the
+    generator advances exactly as in one process, but only rows lo..hi are read."""
+
+    def __init__(self, data: TokenShards, length: int, batch_size: int, seed: int,
+                 rows: tuple[int, int] | None = None):
         self.data, self.length, self.batch_size = data, length, batch_size
+        self.lo, self.hi = _row_range(batch_size, rows)
         self.counts = data.window_starts(length)
         self.total = int(self.counts.sum())
         if self.total <= 0:
@@ -204,7 +218,7 @@ class RandomWindows:
 
     def next_batch(self) -> torch.Tensor:
         flat = torch.randint(self.total, (self.batch_size,), generator=self.generator).numpy()
-        shard, offset = _locate(self.counts, flat)
+        shard, offset = _locate(self.counts, flat[self.lo:self.hi])
         return torch.from_numpy(np.stack([self.data.window(s, o, self.length)
                                           for s, o in zip(shard, offset)]))
 
@@ -216,11 +230,14 @@ class RandomWindows:
 
 
 class SequentialWindows:
-    """Non-overlapping windows, shuffled per epoch by ``seed + epoch``; state = (epoch, index)."""
+    """Non-overlapping windows, shuffled per epoch by ``seed + epoch``; state = (epoch, index).
+    ``rows=(lo, hi)``: read only those rows of every batch (see ``RandomWindows``)."""
 
     def __init__(self, data: TokenShards, length: int, batch_size: int, seed: int,
-                 shuffle: bool = True, stride: int | None = None):
+                 shuffle: bool = True, stride: int | None = None,
+                 rows: tuple[int, int] | None = None):
         self.data, self.length, self.batch_size = data, length, batch_size
+        self.lo, self.hi = _row_range(batch_size, rows)
         self.seed, self.shuffle = seed, shuffle
         # Windows overlap by one token for causal LM (length = block + 1, stride = block).
         self.stride = stride or length
@@ -243,14 +260,15 @@ class SequentialWindows:
 
     def next_batch(self) -> torch.Tensor:
         rows = []
-        for _ in range(self.batch_size):
+        for row in range(self.batch_size):
             if self.index >= self.total:
                 self.epoch, self.index = self.epoch + 1, 0
                 self._order = self._make_order()
             flat = self._order[self.index: self.index + 1]
             self.index += 1
-            shard, k = _locate(self.counts, flat)
-            rows.append(self.data.window(int(shard[0]), int(k[0]) * self.stride, self.length))
+            if self.lo <= row < self.hi:
+                shard, k = _locate(self.counts, flat)
+                rows.append(self.data.window(int(shard[0]), int(k[0]) * self.stride, self.length))
         return torch.from_numpy(np.stack(rows))
 
     def state_dict(self) -> dict:
@@ -288,11 +306,13 @@ class StreamBatches:
     every stream (T = ``block_size`` inputs, the last token only as a target), so row i of
     batch k + 1 continues row i of batch k. An epoch ends when a stream has no full window left
     (up to T - 1 tokens per stream are skipped); the next starts over at position 0.
-    State = (epoch, position).
+    State = (epoch, position). ``rows=(lo, hi)``: read only streams lo..hi (one rank's).
     """
 
-    def __init__(self, data: TokenShards, block_size: int, batch_size: int):
+    def __init__(self, data: TokenShards, block_size: int, batch_size: int,
+                 rows: tuple[int, int] | None = None):
         self.data, self.block_size, self.batch_size = data, block_size, batch_size
+        self.lo, self.hi = _row_range(batch_size, rows)
         self.stream_length = len(data) // batch_size
         self.steps_per_epoch = max(self.stream_length - 1, 0) // block_size
         if self.steps_per_epoch < 1:
@@ -305,7 +325,7 @@ class StreamBatches:
         if self.position + self.block_size + 1 > self.stream_length:
             self.epoch, self.position = self.epoch + 1, 0
         rows = [self.data.read(i * self.stream_length + self.position, self.block_size + 1)
-                for i in range(self.batch_size)]
+                for i in range(self.lo, self.hi)]
         batch = StreamBatch(torch.from_numpy(np.stack(rows)), starts=self.position == 0)
         self.position += self.block_size
         return batch

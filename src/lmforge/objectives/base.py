@@ -22,6 +22,11 @@ class Objective:
     # Whether ``--compile`` may compile the whole loss (model + loss head) as one graph: only for
     # losses of fixed shapes (no data-dependent selection, which would recompile or break).
     compile_loss = False
+    # Whether each row of ``make_batch``'s output depends only on the same row of its input (no
+    # random draws over the batch, no padding to the batch's longest row). Then a data-parallel
+    # rank's sampler reads only the rank's rows (``train_sampler(rows=...)``) and the run stays
+    # equal to one process; otherwise every rank builds the global batch and keeps its rows.
+    rank_local_rows = False
 
     def __init__(self, tokenizer=None, meta: dict | None = None, **options: Any):
         """``tokenizer`` (a ``tokenizers.Tokenizer``, if the dataset has one) and the dataset's
@@ -36,12 +41,13 @@ class Objective:
         return block_size
 
     def train_sampler(self, data: TokenShards, block_size: int, batch_size: int, seed: int,
-                      sampling: str = "random"):
+                      sampling: str = "random", **rows):
         """The training batch source: ``next_batch()`` gives what ``make_batch`` takes, and
         ``state_dict()`` / ``load_state_dict()`` make its position part of a checkpoint.
-        Default: random or sequential windows of ``window_length(block_size)`` tokens."""
+        Default: random or sequential windows of ``window_length(block_size)`` tokens.
+        ``rows=(lo, hi)`` (only where ``rank_local_rows``): read just those rows of each batch."""
         cls = RandomWindows if sampling == "random" else SequentialWindows
-        return cls(data, self.window_length(block_size), batch_size, seed=seed)
+        return cls(data, self.window_length(block_size), batch_size, seed=seed, **rows)
 
     def eval_batches(self, data: TokenShards, block_size: int, batch_size: int, count: int) -> list:
         """A fixed list of ``count`` ready validation batches (the same at every evaluation)."""

@@ -25,6 +25,7 @@ from .base import Objective, register
 @register
 class BPTTLM(Objective):
     name = "bptt_lm"
+    rank_local_rows = True  # each rank carries the state of its own streams
 
     def __init__(self, tokenizer=None, meta: dict | None = None, **options: Any):
         super().__init__(tokenizer, meta, **options)
@@ -37,10 +38,10 @@ class BPTTLM(Objective):
             raise ConfigError(f"objective '{self.name}' needs an LSTM model (--model lstm-small)")
 
     def train_sampler(self, data: TokenShards, block_size: int, batch_size: int, seed: int,
-                      sampling: str = "random") -> StreamBatches:
+                      sampling: str = "random", **rows) -> StreamBatches:
         """Contiguous streams in order; ``seed`` and ``sampling`` do not apply (no shuffling:
         carrying the state needs each row to continue the previous batch's row)."""
-        return StreamBatches(data, block_size, batch_size)
+        return StreamBatches(data, block_size, batch_size, **rows)
 
     def eval_batches(self, data: TokenShards, block_size: int, batch_size: int, count: int) -> list:
         """The first ``count`` batches of streams over the validation split: up to

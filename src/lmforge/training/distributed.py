@@ -4,10 +4,12 @@ files stay plain PyTorch.
 
 torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; without them a run is one ordinary
 process and nothing here does anything. With them every rank builds the same model from the same
-seed, draws the same global micro-batch from the same seeded sampler and keeps its own rows
-(:meth:`Ranks.own_rows`): the data position and the objective's random state are identical on
-every rank, so a checkpoint resumes at any world size, and 2 ranks with batch B train exactly as
-1 process with batch 2B.
+seed, follows the same global micro-batch stream from the same seeded sampler and trains on its own
+rows: where the objective's batches are row-local (causal and BPTT LM) the sampler reads only
+this rank's rows (:meth:`Ranks.row_range`), else the rank builds the global batch and keeps its
+rows (:meth:`Ranks.own_rows`: masking draws over the whole batch must match one process). The
+data position and the objective's random state are identical on every rank, so a checkpoint
+resumes at any world size, and 2 ranks with batch B train exactly as 1 process with batch 2B.
 """
 
 from __future__ import annotations
@@ -56,6 +58,16 @@ class Ranks:
         where every rank computes a slice of the same batch."""
         return 1 if self.parallel == "tp" else self.world_size
 
+    def row_range(self, rows: int) -> tuple[int, int]:
+        """This rank's contiguous rows [lo, hi) of a global batch of ``rows``."""
+        if self.data_parallel == 1:
+            return 0, rows
+        lo, hi = self.rank * rows // self.world_size, (self.rank + 1) * rows // self.world_size
+        if hi == lo:
+            lo = self.rank % max(rows, 1)
+            hi = lo + 1
+        return lo, hi
+
     def own_rows(self, batch: dict[str, Any]) -> dict[str, Any]:
         """This rank's contiguous rows of a global micro-batch (every per-row tensor cut the
         same way; scalars kept). A short last batch of an epoch with fewer rows than ranks
@@ -63,10 +75,7 @@ class Ranks:
         if self.data_parallel == 1:
             return batch
         rows = next((v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim()), 0)
-        lo, hi = self.rank * rows // self.world_size, (self.rank + 1) * rows // self.world_size
-        if hi == lo:
-            lo = self.rank % max(rows, 1)
-            hi = lo + 1
+        lo, hi = self.row_range(rows)
         return {k: v[lo:hi] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == rows else v
                 for k, v in batch.items()}
 

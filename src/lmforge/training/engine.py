@@ -127,10 +127,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         if resume:
             self._keep_global_batch()
-        # One global micro-batch stream, the same on every rank; each keeps its own rows.
-        self.sampler = self.objective.train_sampler(self.train_data, self.block_size,
-                                                    cfg.batch_size * self.ranks.data_parallel,
-                                                    cfg.seed, cfg.sampling)
+        # One global micro-batch stream, the same on every rank; each reads (row-local
+        # objectives) or keeps (the others) its own rows of it.
+        global_batch = cfg.batch_size * self.ranks.data_parallel
+        self.rows_read_locally = self.ranks.data_parallel > 1 and self.objective.rank_local_rows
+        rows = {"rows": self.ranks.row_range(global_batch)} if self.rows_read_locally else {}
+        self.sampler = self.objective.train_sampler(self.train_data, self.block_size, global_batch,
+                                                    cfg.seed, cfg.sampling, **rows)
         if cfg.epochs is not None:
             self._steps_from_epochs()
         # The validation windows of the global batch (every rank evaluates all of them).
@@ -318,7 +321,9 @@ class Trainer:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         total, tokens = 0.0, 0
         for micro in range(cfg.grad_accum):
-            batch = self.ranks.own_rows(self.objective.make_batch(self.sampler.next_batch()))
+            batch = self.objective.make_batch(self.sampler.next_batch())
+            if not self.rows_read_locally:
+                batch = self.ranks.own_rows(batch)
             tokens += batch_tokens(batch, cfg.batch_size * self.block_size)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with distributed.gradient_sync(self.loss_module, self.model, micro == cfg.grad_accum - 1):
