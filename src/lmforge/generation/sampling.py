@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -173,6 +174,25 @@ def plan_decoding(prompts: Sequence[Sequence[int]], cfg, max_new_tokens: int):
     return prompts, longest, steps
 
 
+_DECODERS: "weakref.WeakKeyDictionary[torch.nn.Module, Callable]" = weakref.WeakKeyDictionary()
+
+
+def compiled_decoder(model: torch.nn.Module) -> Callable:
+    """``torch.compile`` of ``model`` for one-token decoding steps, built once per model.
+
+    An eager decoding step of a small model is hundreds of small operator calls, each paying
+    dispatch and thread start-up; compiled, the element-wise work between matmuls (norms,
+    RoPE, SiLU, residuals) runs as a few generated kernels. ``dynamic=True``: one compilation
+    serves every cache length. ``freezing`` folds the weights into the graph as constants, so
+    it is for inference with fixed weights only (generation with ``compile=True``); a model
+    whose weights change afterwards must not decode through it.
+    """
+    decoder = _DECODERS.get(model)
+    if decoder is None:
+        decoder = _DECODERS[model] = torch.compile(model, dynamic=True, options={"freezing": True})
+    return decoder
+
+
 def _next_logits(model: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor,
                  mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
     """Float logits (B, V) at the last position. With a cache only the tokens it does not hold
@@ -208,7 +228,7 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
              repetition_penalty: float = 1.0, greedy: bool = False,
              stop_token_ids: Iterable[int] | None = None, seed: int | None = None,
              use_cache: bool = True, stream: StreamCallback | None = None,
-             precision: str = "auto") -> list[Completion]:
+             precision: str = "auto", compile: bool = False) -> list[Completion]:
     """Continue each prompt (a list of token ids) by up to ``max_new_tokens`` tokens.
 
     Decoding uses a KV cache: one forward pass over the (left-padded) prompts, then one token per
@@ -218,7 +238,9 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     have stopped. ``seed`` makes sampling reproducible; the sampling settings are those of
     :func:`sample_next`. Put the model in eval mode first (dropout). ``precision`` is "auto" (bf16 autocast
     where the hardware runs it fast), "fp32", "bf16" or "fp16"; a model loaded in a lower dtype
-    runs in that dtype.
+    runs in that dtype. ``compile`` runs the one-token steps after the prompt through
+    :func:`compiled_decoder` (the first call compiles: worth it for long or repeated generation
+    with fixed weights).
 
     Context: the sequence never exceeds ``model.config.context_length``. A prompt longer than
     context_length - 1 is cropped from the left (keeping its end) with a warning, and generation
@@ -244,8 +266,10 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     reasons: list[str | None] = [None] * len(prompts)
     with autocast(device, resolve_precision(precision, device)):
         cache = model.new_cache(len(prompts), longest + steps) if use_cache else None
-        for _ in range(steps):
-            logits = _next_logits(model, ids, positions, mask if padded else None, cache)
+        step_model = compiled_decoder(model) if compile and use_cache else model
+        for i in range(steps):
+            logits = _next_logits(step_model if i else model, ids, positions,
+                                  mask if padded else None, cache)
             token = choose(logits, seen)
             ids = torch.cat([ids, token[:, None]], dim=1)
             positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
