@@ -9,6 +9,7 @@ each), and the time of one 512-token prompt pass (prefill). Greedy outputs are c
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import os
 import platform
@@ -52,6 +53,40 @@ def best_of(fn, repeats: int) -> tuple[float, object]:
     return best, out
 
 
+def compiled_rows(name, ours, hf, p, x, n, hf_out, repeats):
+    """lmforge ``generate(compile=True)`` against transformers' compiled decoding (static cache,
+    ``torch.compile`` of the forward, as ``generate`` does on GPUs; on CPUs it must be asked
+    for with ``compile_config._compile_all_devices``). First calls (compilation) untimed."""
+    from transformers import CompileConfig
+
+    def run_ours():
+        return [c.tokens for c in generate(ours, p, n, greedy=True, precision=name, compile=True)]
+
+    config = CompileConfig(fullgraph=False, dynamic=False, mode="default")
+    config._compile_all_devices = True
+
+    def run_hf():
+        with torch.no_grad():
+            out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n,
+                              min_new_tokens=n, do_sample=False, pad_token_id=0,
+                              cache_implementation="static", compile_config=config)
+        return out[:, x.shape[1]:].tolist()
+
+    t0 = time.perf_counter()
+    run_ours()
+    compile_ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run_hf()
+    compile_hf = time.perf_counter() - t0
+    t_hf, hf_c = best_of(run_hf, repeats)
+    t_ours, ours_c = best_of(run_ours, repeats)
+    same = sum(a == b for a, b in zip(ours_c, hf_out))
+    batch = len(p)
+    return (name, f"compiled generate, batch {batch}, {n} new tokens (first call {compile_ours:.0f} s "
+            f"/ {compile_hf:.0f} s)", batch * n / t_ours, batch * n / t_hf,
+            f"{same}/{batch} rows identical to eager transformers")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtypes", default="fp32,bf16")
@@ -59,6 +94,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--compile", action="store_true",
+                    help="also time compiled decoding (lmforge compile=True, transformers static cache + compile)")
     ap.add_argument("--save", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
@@ -71,7 +108,7 @@ def main() -> None:
     rows = []
     for name in args.dtypes.split(","):
         dtype = DTYPES[name]
-        ours = ours32.to(dtype) if dtype != torch.float32 else ours32
+        ours = copy.deepcopy(ours32).to(dtype) if dtype != torch.float32 else ours32
         hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
         for batch in map(int, args.batches.split(",")):
             p = prompts(tok, batch, args.prompt_tokens)
@@ -91,6 +128,8 @@ def main() -> None:
             same = sum(a == b for a, b in zip(our_out, hf_out))
             rows.append((name, f"generate, batch {batch}, {n} new tokens", batch * n / t_ours,
                          batch * n / t_hf, f"{same}/{batch} rows identical"))
+            if args.compile:
+                rows.append(compiled_rows(name, ours, hf, p, x, n, hf_out, args.repeats))
         # Prefill: one forward pass over a 512-token prompt.
         long = torch.tensor(prompts(tok, 1, 512))
         with torch.no_grad():

@@ -108,6 +108,10 @@ def test_compiled_decoding_matches_eager():
         compiled = compiled_decoder(model)(step, cache=b, last_only=True)
     assert torch.allclose(eager, compiled, atol=1e-5) and a.length == b.length == 4
     assert sample_next(eager[:, -1], seen, greedy=True).item() == sample_next(compiled[:, -1], seen, greedy=True).item()
+    decoder = compiled_decoder(model)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1)  # weights changed (as by training): a fresh decoder
+    assert compiled_decoder(model) is not decoder
 
 
 def test_top_k_1_equals_greedy():

@@ -47,6 +47,9 @@ def register(sub) -> None:
                    help="completions per prompt")
     p.add_argument("--no-stream", "--no_stream", action="store_true",
                    help="print a single completion only when it is finished")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile a decoder's one-token steps (sampling and greedy): the "
+                        "first call compiles (tens of seconds on a CPU), later tokens come faster")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per completion (JSONL): prompt, sample, completion, ...")
     p.set_defaults(func=run)
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
         greedy=args.greedy, stop_strings=args.stop, seed=args.seed,
         stream_to=stream, precision=args.precision, num_beams=args.num_beams,
-        length_penalty=args.length_penalty)
+        length_penalty=args.length_penalty, compile=args.compile)
     if stream:
         print(stream.pending)  # the prompt, if the completion was empty
     else:

@@ -174,23 +174,31 @@ def plan_decoding(prompts: Sequence[Sequence[int]], cfg, max_new_tokens: int):
     return prompts, longest, steps
 
 
-_DECODERS: "weakref.WeakKeyDictionary[torch.nn.Module, Callable]" = weakref.WeakKeyDictionary()
+_DECODERS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _weights_fingerprint(model: torch.nn.Module) -> tuple:
+    """Changes when any weight is replaced, moved, cast or modified in place (version counter)."""
+    return tuple((p.data_ptr(), p.dtype, p._version) for p in model.parameters())
 
 
 def compiled_decoder(model: torch.nn.Module) -> Callable:
-    """``torch.compile`` of ``model`` for one-token decoding steps, built once per model.
+    """``torch.compile`` of ``model`` for one-token decoding steps, built once per model and
+    set of weights.
 
     An eager decoding step of a small model is hundreds of small operator calls, each paying
     dispatch and thread start-up; compiled, the element-wise work between matmuls (norms,
     RoPE, SiLU, residuals) runs as a few generated kernels. ``dynamic=True``: one compilation
-    serves every cache length. ``freezing`` folds the weights into the graph as constants, so
-    it is for inference with fixed weights only (generation with ``compile=True``); a model
-    whose weights change afterwards must not decode through it.
+    serves every cache length. ``freezing`` folds the weights into the graph as constants
+    (letting inductor pre-pack them for the CPU matmul library), so the compiled decoder is
+    rebuilt whenever the weights have changed since (training between generations).
     """
-    decoder = _DECODERS.get(model)
-    if decoder is None:
-        decoder = _DECODERS[model] = torch.compile(model, dynamic=True, options={"freezing": True})
-    return decoder
+    fingerprint = _weights_fingerprint(model)
+    built = _DECODERS.get(model)
+    if built is None or built[0] != fingerprint:
+        built = _DECODERS[model] = (fingerprint, torch.compile(model, dynamic=True,
+                                                               options={"freezing": True}))
+    return built[1]
 
 
 def _next_logits(model: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor,

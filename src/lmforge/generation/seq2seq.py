@@ -357,7 +357,8 @@ def generate_tokens(model: torch.nn.Module, prompts: Sequence[Sequence[int]], ma
     """Generation for any Transformer: an encoder-decoder reads each prompt as its source
     (:func:`generate_seq2seq`); a decoder continues it, by beam search when ``num_beams`` > 1
     (:func:`beam_search_decoder`), else by :func:`~lmforge.generation.generate`. ``kwargs`` are
-    those of :func:`~lmforge.generation.generate`."""
+    those of :func:`~lmforge.generation.generate`; ``compile`` applies to that last path only."""
+    compile = kwargs.pop("compile", False)
     if getattr(model.config, "arch", None) == "encoder-decoder":
         return generate_seq2seq(model, prompts, max_new_tokens, num_beams=num_beams,
                                 length_penalty=length_penalty, early_stopping=early_stopping,
@@ -370,4 +371,4 @@ def generate_tokens(model: torch.nn.Module, prompts: Sequence[Sequence[int]], ma
             kwargs.pop(name, None)  # beam search is deterministic
         return beam_search_decoder(model, prompts, max_new_tokens, num_beams, length_penalty,
                                    early_stopping, no_repeat_ngram_size, **kwargs)
-    return generate(model, prompts, max_new_tokens, **kwargs)
+    return generate(model, prompts, max_new_tokens, compile=compile, **kwargs)

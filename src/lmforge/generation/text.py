@@ -147,7 +147,8 @@ def generate_text(model: torch.nn.Module, tokenizer: Tokenizer, prompts: Sequenc
                   greedy: bool = False, stop_strings: Sequence[str] | None = None,
                   stop_token_ids: Iterable[int] | None = None, seed: int | None = None,
                   stream_to: TextSink | None = None, precision: str = "auto",
-                  num_beams: int = 1, length_penalty: float = 1.0) -> list[TextCompletion]:
+                  num_beams: int = 1, length_penalty: float = 1.0,
+                  compile: bool = False) -> list[TextCompletion]:
     """Continue each text prompt; the completion excludes the prompt. An encoder-decoder model
     reads the prompt as its source and the completion is its output.
 
@@ -158,6 +159,7 @@ def generate_text(model: torch.nn.Module, tokenizer: Tokenizer, prompts: Sequenc
     character or possible start of a stop string until it is settled. Sampling arguments are
     those of :func:`~lmforge.generation.generate`; ``num_beams`` > 1 runs beam search
     (``length_penalty``), whose text reaches ``stream_to`` once the best hypothesis is chosen.
+    ``compile``: a decoder's sampling/greedy steps run compiled (see ``generate``).
     """
     if stream_to is not None and len(prompts) != 1:
         raise ValueError("stream_to needs exactly one prompt")
@@ -175,6 +177,6 @@ def generate_text(model: torch.nn.Module, tokenizer: Tokenizer, prompts: Sequenc
                                   top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
                                   greedy=greedy, stop_token_ids=stop_ids, seed=seed,
                                   stream=lambda row, token_id: texts[row].add(token_id),
-                                  precision=precision)
+                                  precision=precision, compile=compile)
     return [TextCompletion(text.finish(), done.tokens, done.finish_reason)
             for text, done in zip(texts, completions)]
