@@ -5,15 +5,18 @@ LlamaForCausalLM on the same weights with the same sliding windows (they must ag
 Each text is scored as one document after SmolLM2's <|endoftext|>; windows of --window tokens
 (1024) start --stride (512) apart, each scoring the tokens the previous one did not (Hugging
 Face's perplexity recipe). Perplexity = exp(-mean natural-log probability per token). fp32.
-Whole files with --window 2048 --stride 2048 take ~40 min on 2 cores (both libraries).
+Whole files with --window 2048 --stride 2048 take over two hours on 2 CPU cores (both
+libraries), seconds on a GPU (``--device cuda``; ``SMOLLM2_GGUF`` and ``LMFORGE_CORPORA`` point at
+the model file and the corpora where the shared folder and the PyPI package are not installed).
 
-    python benchmarks/smollm2_perplexity.py [--max-tokens N] [--window W --stride S] [--save]
+    python benchmarks/smollm2_perplexity.py [--max-tokens N] [--window W --stride S] [--device D] [--save]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import sys
 import tempfile
@@ -31,7 +34,7 @@ from lmforge.interop.hf import export_hf  # noqa: E402
 from lmforge.models.io import load_model  # noqa: E402
 from lmforge.tokenization import eos_token_id  # noqa: E402
 
-CORPORA = Path(__file__).resolve().parents[2] / "shared/data/corpora"
+CORPORA = Path(os.environ.get("LMFORGE_CORPORA", Path(__file__).resolve().parents[2] / "shared/data/corpora"))
 
 
 class HFCausalLM(torch.nn.Module):
@@ -50,15 +53,18 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=0, help="score only the first N tokens (0: all)")
     ap.add_argument("--window", type=int, default=1024, help="tokens per window (model context <= 2048)")
     ap.add_argument("--stride", type=int, default=512, help="new tokens scored per window after the first")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (fp32 either way; TF32 off)")
     ap.add_argument("--save", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    torch.backends.cuda.matmul.allow_tf32 = False  # the default; fp32 must stay fp32
     from transformers import AutoModelForCausalLM
 
-    ours, tok, _ = load_model(gguf_path())
+    ours, tok, _ = load_model(os.environ.get("SMOLLM2_GGUF") or gguf_path())
     folder = Path(tempfile.mkdtemp()) / "smollm2-hf"
     export_hf(ours, tok, folder)
     theirs = HFCausalLM(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), ours.config)
+    ours, theirs = ours.to(args.device).eval(), theirs.to(args.device)
     rows = []
     for name, text in (("wikitext2_tokenized_valid.txt", (CORPORA / "wikitext2_tokenized_valid.txt").read_text()),
                        ("tinyshakespeare.txt", (CORPORA / "tinyshakespeare.txt").read_text())):
@@ -78,7 +84,8 @@ def main() -> None:
     for name, n, p_ours, p_hf, diff, t_ours, t_hf in rows:
         report += f"| {name} | {n:,} | {p_ours:.3f} | {p_hf:.3f} | {diff:.1e} | {t_ours:.0f} s | {t_hf:.0f} s |\n"
     import transformers
-    env = (f"{platform.machine()}, torch {torch.__version__}, transformers {transformers.__version__}, 2 threads, "
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.machine()}, 2 threads"
+    env = (f"{where}, torch {torch.__version__}, transformers {transformers.__version__}, "
            f"fp32; windows of {args.window} tokens, stride {args.stride}.")
     publish(report, "SmolLM2-135M-Instruct perplexity (GGUF Q4_1, dequantized)", env, args.save)
 
