@@ -130,8 +130,9 @@ def hf_runner(workload: str) -> Runner:
     return Runner(f"transformers fp32 ({model.config._attn_implementation})", "fp32", params, step)
 
 
-def lmforge_runner(workload: str, precision: str) -> Runner:
-    """Mirrors ``Trainer._train_step`` with lmforge's own building blocks."""
+def lmforge_runner(workload: str, precision: str, compile: bool = False) -> Runner:
+    """Mirrors ``Trainer._train_step`` with lmforge's own building blocks (``compile``: the model
+    under ``torch.compile``, as ``--compile true`` runs these objectives)."""
     device = torch.device("cpu")
     if workload == "mlm":
         model, loss_fn = Encoder(bert_cfg()), objective_loss(MaskedLM)
@@ -142,22 +143,25 @@ def lmforge_runner(workload: str, precision: str) -> Runner:
                             eps=OPTIM["eps"], weight_decay=OPTIM["weight_decay"], grad_clip=GRAD_CLIP)
     optimizer = build_optimizer(model, train_cfg, device)
     resolved = resolve_precision(precision, device)
+    forward_model = torch.compile(model) if compile else model
 
     def step(batch: dict[str, torch.Tensor]) -> float:
         with autocast(device, resolved):
-            loss = loss_fn(model, batch)
+            loss = loss_fn(forward_model, batch)
         loss.backward()
         clip_and_step(model, optimizer)
         return loss.item()
 
-    label = "default" if precision == "auto" else precision
-    return Runner(f"lmforge {label}", resolved, model.num_parameters(), step)
+    label = "compiled" if compile else ("default" if precision == "auto" else precision)
+    return Runner(f"lmforge {label}", resolved, model.num_parameters(), step, compiled=compile)
 
 
 # ---- timing ---------------------------------------------------------------------------------
 def benchmark(workload: str, args: argparse.Namespace) -> list[dict]:
     torch.manual_seed(0)
     runners = [hf_runner(workload), lmforge_runner(workload, "auto"), lmforge_runner(workload, "fp32")]
+    if args.compile:
+        runners.append(lmforge_runner(workload, "auto", compile=True))
     gen = torch.Generator().manual_seed(0)
     if workload == "mlm":
         batches = [mlm_batch(gen, bert_cfg().vocab_size) for _ in range(args.warmup + args.steps)]
@@ -222,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="torch threads for every implementation (default: usable cores)")
+    p.add_argument("--compile", action="store_true", help="also time lmforge under torch.compile")
     p.add_argument("--no-save", action="store_true", help=f"do not append to {RESULTS.name}")
     args = p.parse_args(argv)
     workloads = args.workloads.split(",")
