@@ -28,4 +28,13 @@ $PY -m lmforge pretrain --data "$DATA" --model gpt-mini --precision fp16 --max_s
     --tensorboard false --out_dir /tmp/run-fp16 --overwrite 2>&1 | tee "$OUT/pretrain_fp16.log"
 $PY -m lmforge generate --model /tmp/run-fp16 --device cuda --prompt "ROMEO:" "The" \
     --max-new-tokens 16 --greedy 2>&1 | tee "$OUT/generate.log"
+# 4. SmolLM2-135M (issue 5): generation vs transformers, eager and compiled, and whole-file
+# perplexity. Needs SMOLLM2_GGUF (the 94 MB file: over one device call's 64 MiB, send it in two
+# parts, `split -n 2`, and join them there), LMFORGE_CORPORA, and the gguf package (a wheel
+# installed with pip --target). Not yet run on a GPU.
+if [ -n "${SMOLLM2_GGUF:-}" ] && [ -f "$SMOLLM2_GGUF" ]; then
+    echo "== 4. SmolLM2-135M generation and perplexity"
+    $PY benchmarks/bench_generate.py --device cuda --compile --new-tokens 128 2>&1 | tee "$OUT/generate_smollm2.log"
+    $PY benchmarks/smollm2_perplexity.py --window 2048 --stride 2048 --device cuda 2>&1 | tee "$OUT/ppl_smollm2.log"
+fi
 echo "== done"
