@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_train import Shape, hf_model, lmforge_config  # noqa: E402
+from bench_train import Shape, clip_and_step, hf_model, lmforge_config  # noqa: E402
 
 from lmforge.models.transformer import GPT  # noqa: E402
 from lmforge.objectives.causal_lm import CausalLM  # noqa: E402
@@ -64,9 +64,7 @@ def hf_step(s: Shape, device: torch.device, compile: bool) -> tuple[Callable, to
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = loss_fn(windows)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        clip_and_step(model, optimizer)
         return loss.item()
 
     return step, model
@@ -84,9 +82,7 @@ def lmforge_step(s: Shape, device: torch.device, compile: bool) -> tuple[Callabl
         with autocast(device, "bf16"):
             loss = loss_fn(objective.make_batch(windows))
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        clip_and_step(model, optimizer)
         return loss.item()
 
     return step, model
