@@ -3,6 +3,8 @@ logits, loss and gradients match ``GPT2LMHeadModel`` and ``LlamaForCausalLM``.""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -169,3 +171,60 @@ def test_bf16_training_path_matches_fp32(monkeypatch):
     assert reference.std() > 0.1  # logits of a real scale: the bound below means something
     torch.testing.assert_close(explicit, reference, atol=1e-2, rtol=0)
     torch.testing.assert_close(explicit, fused, atol=1e-2, rtol=0)
+
+
+@pytest.mark.parametrize("bias_rows", [1, 2])
+def test_explicit_attention_gradients_match_sdpa(bias_rows):
+    """Gradients through the explicit attention, additive bias included (one bias shared by the
+    batch is broadcast over the scores, a per-row bias goes through baddbmm), equal SDPA's."""
+    from lmforge.models.transformer import explicit_attention
+
+    torch.manual_seed(0)
+    inputs = [torch.randn(2, 4, 16, 8, requires_grad=True) for _ in range(3)]
+    bias = torch.randn(bias_rows, 4, 16, 16, requires_grad=True)
+    grads = []
+    for attend in (lambda q, k, v, b: F.scaled_dot_product_attention(q, k, v, attn_mask=b, scale=1.0),
+                   lambda q, k, v, b: explicit_attention(q, k, v, b, scale=1.0)):
+        out = attend(*inputs, bias)
+        grads.append(torch.autograd.grad(out, [*inputs, bias], torch.randn_like(out, generator=torch.Generator().manual_seed(1))))
+    for expected, got in zip(*grads):
+        torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+
+
+def test_rms_norm_matches_torch():
+    """lmforge's RMSNorm (a hand-written backward on CPU) equals ``nn.RMSNorm``: outputs and the
+    gradients of input and scale in fp32, double-precision gradcheck, bf16 inputs, and under
+    autocast with ``autocast_output`` the autocast dtype holding the same rounded values."""
+    from lmforge.models.transformer import RMSNorm, _RMSNormFunction
+
+    torch.manual_seed(0)
+    ours, ref = RMSNorm(32, eps=1e-6), torch.nn.RMSNorm(32, eps=1e-6)
+    with torch.no_grad():
+        ref.weight.normal_()
+    ours.load_state_dict(ref.state_dict())  # the same state dict layout
+    x = torch.randn(3, 5, 32, requires_grad=True)
+    grad = torch.randn(3, 5, 32)
+    got, expected = ours(x), ref(x)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    gx, gw = torch.autograd.grad(got, [x, ours.weight], grad)
+    ex, ew = torch.autograd.grad(expected, [x, ref.weight], grad)
+    torch.testing.assert_close(gx, ex, atol=1e-5, rtol=0)
+    torch.testing.assert_close(gw, ew, atol=1e-5, rtol=0)
+
+    x64 = torch.randn(2, 3, 16, dtype=torch.float64, requires_grad=True)
+    w64 = torch.randn(16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: _RMSNormFunction.apply(a, b, 1e-6, torch.float64),
+                                    (x64, w64))
+
+    xb = x.detach().bfloat16()
+    torch.testing.assert_close(copy.deepcopy(ours).bfloat16()(xb), copy.deepcopy(ref).bfloat16()(xb),
+                               atol=2e-2, rtol=0)
+
+    cast = RMSNorm(32, eps=1e-6, autocast_output=True)
+    cast.load_state_dict(ref.state_dict())
+    with torch.autocast("cpu", torch.bfloat16):
+        out = cast(x)
+        plain = ours(x)
+    assert out.dtype == torch.bfloat16 and plain.dtype == torch.float32  # only where asked
+    # the fp32 values rounded to bf16 (to within one rounding step, at a rounding boundary)
+    torch.testing.assert_close(out.float(), expected.detach().float(), atol=0, rtol=2 ** -8)

@@ -10,6 +10,7 @@ import torch
 
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.models import GPT, PRESETS, ModelConfig, from_pretrained, preset, save_pretrained
+from lmforge.models.transformer import RMSNorm
 
 from _util import assert_one_line_error, run_cli
 
@@ -37,7 +38,7 @@ def test_models_command_lists_every_preset():
 def test_llama_style_parts_come_from_config():
     model = GPT(preset("llama-mini"))
     cfg = model.config
-    assert model.wpe is None and isinstance(model.ln_f, torch.nn.RMSNorm)
+    assert model.wpe is None and isinstance(model.ln_f, RMSNorm)
     assert all(p is None for p in [model.blocks[0].attn.qkv.bias, model.blocks[0].mlp.fc.bias])
     q, kv = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
     assert model.blocks[0].attn.qkv.out_features == q + 2 * kv  # grouped-query: fewer k/v heads

@@ -19,6 +19,7 @@ from lmforge.generation import (BeamCompletion, Seq2SeqStep, beam_search, beam_s
 from lmforge.generation.seq2seq import banned_ngram_tokens, sample_loop
 from lmforge.models import GPT, build_model, from_pretrained, preset, save_pretrained
 from lmforge.models.encoder_decoder import relative_position_bucket
+from lmforge.models.transformer import RMSNorm
 
 SMALL = dict(n_layer=2, n_decoder_layer=2, n_head=4, n_embd=32, intermediate_size=64,
              context_length=64, init_std=0.2)  # large init: peaked logits, no greedy near-ties
@@ -59,7 +60,7 @@ def test_presets_are_rows_of_config_values():
     assert (t5.arch, bart.arch) == ("encoder-decoder", "encoder-decoder")
     assert (t5.n_layer, t5.decoder_layers, bart.n_layer, bart.decoder_layers) == (4, 4, 3, 3)
     model = build_model(preset("t5-tiny", vocab_size=50))
-    assert isinstance(model.enc_blocks[0].ln_1, torch.nn.RMSNorm)
+    assert isinstance(model.enc_blocks[0].ln_1, RMSNorm)
     assert all(m.bias is None for m in model.modules() if isinstance(m, torch.nn.Linear))
     assert model.dec_blocks[0].attn.scale == 1.0 and not hasattr(model, "enc_wpe")
     bart_model = build_model(preset("bart-tiny", vocab_size=50))
@@ -267,3 +268,32 @@ def test_generate_text_and_cli_with_an_encoder_decoder(tmp_path, capsys):
     assert [r["prompt"] for r in rows] == ["hello", "world"]
     beams = generate_text(model, tok, ["hello"], 6, num_beams=3, length_penalty=0.5, precision="fp32")
     assert rows[0]["completion"] == beams[0].text
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_training_flops_equal_counted_matmul_flops(style):
+    """The MFU that training logs counts an encoder-decoder's FLOPs per side (encoder weights on
+    source tokens, decoder weights and the head on target tokens, attention over each side's
+    context): equal to what torch's FLOP counter sees in forward + backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lmforge.objectives.seq2seq import Seq2SeqObjective
+    from lmforge.training.runtime import batch_flops, flops_per_token
+
+    model = tiny(style, vocab_size=300, n_layer=2, n_decoder_layer=3)
+    B, S, T = 4, 24, 10
+    gen = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(3, 300, (B, S), generator=gen),
+             "attention_mask": torch.ones(B, S, dtype=torch.long),
+             "decoder_input_ids": torch.randint(3, 300, (B, T), generator=gen),
+             "labels": torch.randint(3, 300, (B, T), generator=gen)}
+    with FlopCounterMode(display=False) as counter:
+        # bf16 on CPU: attention as explicit batched matmuls, which the counter sees whole
+        with torch.autocast("cpu", torch.bfloat16):
+            loss = Seq2SeqObjective.__new__(Seq2SeqObjective).loss(model, batch)
+        loss.backward()
+    counted = counter.get_total_flops()
+    estimate = batch_flops(model, batch, B * S, S)
+    assert estimate == pytest.approx(counted, rel=1e-6)
+    # the decoder-only rule (6N on every source token) would be far off
+    assert abs(B * S * flops_per_token(model, S) - counted) > 0.2 * counted

@@ -21,8 +21,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .transformer import (KVCache, Block, explicit_attention, init_weights, make_norm,
+from .transformer import (KVCache, Block, compute_dtype, explicit_attention, init_weights, make_norm,
                           use_explicit_attention)
+
+
+def compiling() -> bool:
+    """Under torch.compile a given padding mask is applied as is: asking whether it is all ones
+    would read a tensor value and break the graph (callers drop all-ones masks beforehand)."""
+    return torch.compiler.is_compiling()
 
 
 def relative_position_bucket(relative_position: torch.Tensor, bidirectional: bool,
@@ -104,7 +110,7 @@ class DecoderBlock(Block):
 
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__(cfg, layer, causal=True)
-        self.ln_cross = make_norm(cfg)
+        self.ln_cross = make_norm(cfg, feeds_matmul=self.pre_norm)
         self.cross_attn = CrossAttention(cfg, layer)
 
     def forward(self, x, memory, self_mask=None, cross_mask=None, cache: KVCache | None = None):
@@ -200,7 +206,7 @@ class EncoderDecoder(nn.Module):
         if not self.relative:
             x = x + self.enc_wpe(torch.arange(S, device=input_ids.device))
         x = self.drop(self.enc_emb_norm(x))
-        padded = attention_mask is not None and not bool(attention_mask.all())
+        padded = attention_mask is not None and (compiling() or not bool(attention_mask.all()))
         keys = attention_mask[:, None, None, :].bool() if padded else None
         mask = keys
         if self.relative:
@@ -241,11 +247,13 @@ class EncoderDecoder(nn.Module):
         x = self.drop(self.dec_emb_norm(x))
         self_mask = self._self_mask(T, start, cache is not None, device)
         cross_mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if attention_mask is not None and (compiling() or not bool(attention_mask.all())):
             cross_mask = attention_mask[:, None, None, :].bool()
         if cache is not None and cache.cross:
             memories = cache.cross
         else:
+            # Cast once for every layer's key/value projection rather than once in each.
+            encoder_hidden = encoder_hidden.to(compute_dtype(encoder_hidden))
             memories = [block.cross_attn.memory(encoder_hidden) for block in self.dec_blocks]
             if cache is not None:
                 cache.cross = memories

@@ -13,10 +13,78 @@ import torch.nn.functional as F
 from .config import ModelConfig
 
 
-def make_norm(cfg: ModelConfig) -> nn.Module:
+def make_norm(cfg: ModelConfig, feeds_matmul: bool = False) -> nn.Module:
+    """The config's norm. ``feeds_matmul``: the output only enters linear layers (a pre-norm
+    block's norms), so under autocast an RMSNorm may return the autocast dtype directly."""
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        return RMSNorm(cfg.n_embd, eps=cfg.norm_eps, autocast_output=feeds_matmul)
     return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a linear layer computes ``x`` in: autocast's when it is on, else ``x``'s. (RoPE
+    in fp32 would promote q and k and cost a cast back before attention.)"""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    """RMSNorm with a hand-written backward, for eager CPU: ATen's CPU rms_norm is composite
+    (pow, mean, rsqrt, two muls, each a pass over memory, and autograd of each), which made the
+    norms of a t5-tiny training step cost as much as its attention. Here the forward keeps the
+    normalized input for the backward, which then works in place on one fp32 copy of the
+    incoming gradient; math in fp32 whatever the input dtype."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype):
+        acc = torch.promote_types(x.dtype, torch.float32)
+        rstd = (torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=acc)
+                .square_().div_(x.shape[-1]).add_(eps).rsqrt_())
+        x_hat = x * rstd
+        y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+        torch.mul(x_hat, weight, out=y)
+        ctx.save_for_backward(x_hat, rstd, weight)
+        ctx.x_dtype = x.dtype
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x_hat, rstd, weight = ctx.saved_tensors
+        g = grad.to(x_hat.dtype, copy=True)  # worked on in place below
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            rows = x_hat.flatten(0, -2)
+            grad_weight = torch.linalg.vecdot(g.flatten(0, -2), rows, dim=0).to(weight.dtype)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            # d/dx of x_hat * weight: rstd * (gw - x_hat * mean(gw * x_hat)), gw = grad * weight
+            g.mul_(weight)
+            dot = torch.linalg.vecdot(g, x_hat, dim=-1).unsqueeze_(-1).mul_(-1.0 / x_hat.shape[-1])
+            grad_x = g.addcmul_(x_hat, dot).mul_(rstd).to(ctx.x_dtype)
+        return grad_x, grad_weight, None, None
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned scale (state dict as ``nn.RMSNorm``'s). Eager CPU
+    runs :class:`_RMSNormFunction`; elsewhere ``F.rms_norm`` (fused CUDA kernel, or traced and
+    fused under ``torch.compile``). ``autocast_output``: under autocast, return its dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, autocast_output: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps, self.autocast_output = eps, autocast_output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out_dtype = torch.promote_types(x.dtype, self.weight.dtype)
+        if self.autocast_output and torch.is_autocast_enabled(x.device.type):
+            out_dtype = torch.get_autocast_dtype(x.device.type)
+        if x.device.type == "cpu" and not torch.compiler.is_compiling():
+            return _RMSNormFunction.apply(x, self.weight, self.eps, out_dtype)
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps).to(out_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
 ACTIVATIONS = {
@@ -97,6 +165,8 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     k_t = k.flatten(0, 1).transpose(1, 2)
     if bias is None:
         scores = torch.bmm(q, k_t)
+    elif bias.shape[0] == 1:  # one bias for every row (T5 positions): broadcast, not B copies
+        scores = (torch.bmm(q, k_t).view(B, H, T, S) + bias).view(B * H, T, S)
     else:
         scores = torch.baddbmm(bias.expand(B, H, T, S).reshape(B * H, T, S), q, k_t)
     probs = F.dropout(torch.softmax(scores, dim=-1), dropout_p) if dropout_p else scores.softmax(-1)
@@ -185,6 +255,7 @@ class MLP(nn.Module):
         width = cfg.intermediate_size * (2 if self.gated else 1)
         self.fc = nn.Linear(cfg.n_embd, width, bias=cfg.bias)  # gate and up fused when gated
         self.act = ACTIVATIONS[cfg.activation]
+        self.relu = cfg.activation == "relu"
         self.proj = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -193,6 +264,8 @@ class MLP(nn.Module):
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
             h = self.act(gate) * up
+        elif self.relu:
+            h = torch.relu_(h)  # fc's output is not saved for its backward: overwrite it
         else:
             h = self.act(h)
         return self.dropout(self.proj(h))
@@ -204,9 +277,9 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, causal: bool = True):
         super().__init__()
         self.pre_norm = cfg.norm_placement == "pre"
-        self.ln_1 = make_norm(cfg)
+        self.ln_1 = make_norm(cfg, feeds_matmul=self.pre_norm)
         self.attn = Attention(cfg, layer, causal)
-        self.ln_2 = make_norm(cfg)
+        self.ln_2 = make_norm(cfg, feeds_matmul=self.pre_norm)
         self.mlp = MLP(cfg)
 
     def forward(self, x, rope=None, mask=None, cache=None):
@@ -282,7 +355,7 @@ class GPT(nn.Module):
         if self.wpe is not None:
             x = x + self.wpe(position_ids)
         x = self.drop(x)
-        rope = (rope_cos_sin(self.inv_freq, position_ids, self._compute_dtype(x))
+        rope = (rope_cos_sin(self.inv_freq, position_ids, compute_dtype(x))
                 if self.config.pos_embedding == "rope" else None)
         mask = self._mask(T, start, attention_mask, cache, idx.device)
         for block in self.blocks:
@@ -290,13 +363,6 @@ class GPT(nn.Module):
         if cache is not None:
             cache.length += T
         return self.ln_f(x)
-
-    @staticmethod
-    def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-        """The dtype q and k come out of their projection in: autocast's when it is on (RoPE in
-        fp32 would promote them and cost a cast back before attention), else the model's."""
-        device = x.device.type
-        return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
     @staticmethod
     def _mask(T, start, attention_mask, cache, device):

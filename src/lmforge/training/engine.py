@@ -33,7 +33,7 @@ from .config import TrainConfig
 from .metrics import MetricsLogger, Progress
 from .optim import build_optimizer, lr_at
 from .plots import plot_loss
-from .runtime import autocast, flops_per_token, peak_tflops, resolve_device, resolve_precision
+from .runtime import autocast, batch_flops, peak_tflops, resolve_device, resolve_precision
 
 CONFIG_FILE = "config.yaml"
 
@@ -319,12 +319,14 @@ class Trainer:
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        total, tokens = 0.0, 0
+        total, tokens, flops = 0.0, 0, 0.0
         for micro in range(cfg.grad_accum):
             batch = self.objective.make_batch(self.sampler.next_batch())
             if not self.rows_read_locally:
                 batch = self.ranks.own_rows(batch)
-            tokens += batch_tokens(batch, cfg.batch_size * self.block_size)
+            micro_tokens = batch_tokens(batch, cfg.batch_size * self.block_size)
+            tokens += micro_tokens
+            flops += batch_flops(self.model, batch, micro_tokens, self.block_size)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with distributed.gradient_sync(self.loss_module, self.model, micro == cfg.grad_accum - 1):
                 with autocast(self.device, self.precision):
@@ -342,12 +344,14 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        local_tokens = tokens
         if self.ranks.distributed:
             total, tokens = self._reduce_step(total, tokens)
         self.tokens_seen += tokens
         if not math.isfinite(total):
             raise DataError(f"loss became {total} at step {self.step}; lower lr or check the data")
-        return total, tokens
+        # The job's FLOPs: its tokens at this rank's FLOPs per token (no extra all-reduce).
+        return total, tokens, flops * tokens / max(local_tokens, 1)
 
     def _reduce_step(self, loss: float, tokens: int) -> tuple[float, int]:
         """The step's loss averaged and its tokens summed over ranks; a Ctrl-C on any rank
@@ -435,7 +439,6 @@ class Trainer:
         logger = MetricsLogger(self.run_dir, cfg.tensorboard, enabled=ranks.is_main)
         progress = Progress(cfg.max_steps, self.step, cfg.progress and ranks.is_main,
                             silent=not ranks.is_main)
-        fpt = flops_per_token(self.model, self.block_size)
         # MFU of the whole job: global tokens/s against the peak of all its devices.
         peak = (cfg.peak_tflops or peak_tflops(self.device.type, self.precision)) * ranks.world_size
         # Ctrl-C, and SIGTERM (a scheduler's preemption, torchrun stopping its workers): save
@@ -449,17 +452,18 @@ class Trainer:
         progress.write(f"training {self.model.num_parameters() / 1e6:.2f}M parameters on "
                        f"{where} ({self.precision}), {tokens_per_step} tokens/step, "
                        f"steps {self.step}->{cfg.max_steps}")
-        window_start, window_tokens, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
+        window_start, window_tokens, window_flops = time.perf_counter(), 0, 0.0
+        window_loss, window_n = 0.0, 0
         try:
             while self.step < cfg.max_steps:
-                loss, tokens = self._train_step()
-                window_tokens += tokens
+                loss, tokens, flops = self._train_step()
+                window_tokens, window_flops = window_tokens + tokens, window_flops + flops
                 window_loss, window_n = window_loss + loss, window_n + 1
                 last = self.step == cfg.max_steps
                 if self.step % cfg.log_interval == 0 or last or self.step == 1:
                     elapsed = time.perf_counter() - window_start
                     tps = window_tokens / max(elapsed, 1e-9)
-                    mfu = tps * fpt / (peak * 1e12)
+                    mfu = window_flops / max(elapsed, 1e-9) / (peak * 1e12)
                     metrics = {"train_loss": window_loss / window_n, "lr": lr_at(self.step - 1, cfg),
                                "tokens_per_sec": tps, "mfu": mfu, "tokens": self.tokens_seen,
                                **self.objective.log_metrics()}
@@ -469,7 +473,8 @@ class Trainer:
                     if not cfg.progress:
                         progress.write(f"step {self.step}/{cfg.max_steps} | loss {metrics['train_loss']:.4f} "
                                        f"| {tps:,.0f} tok/s | MFU {100 * mfu:.1f}%")
-                    window_start, window_tokens, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
+                    window_start, window_tokens, window_flops = time.perf_counter(), 0, 0.0
+                    window_loss, window_n = 0.0, 0
                 progress.update(1)
                 evaluate = last or (cfg.eval_interval and self.step % cfg.eval_interval == 0)
                 if evaluate and self.val_batches is not None:
