@@ -22,6 +22,7 @@ Run (a few minutes on an idle 2-core CPU)::
 
     .venv/bin/python benchmarks/bench_pretrain_objectives.py
     .venv/bin/python benchmarks/bench_pretrain_objectives.py --workloads seq2seq --steps 4 --no-save
+    python3 benchmarks/bench_pretrain_objectives.py --device cuda --steps 20 --no-save   # a GPU
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ BATCH = 16
 MLM_SEQ, MASK_PROB, MASK_ID = 128, 0.15, 103  # 103 = [MASK] in BERT's uncased vocab
 SRC_LEN, TGT_LEN = 128, 32
 TARGETS = {"mlm": 3.0, "seq2seq": 2.0}  # lmforge default vs transformers fp32, from the issue
+DEVICE = torch.device("cpu")  # --device
 
 
 def objective_loss(cls: type) -> Callable[[torch.nn.Module, dict], torch.Tensor]:
@@ -117,7 +119,7 @@ def seq2seq_batch(gen: torch.Generator, vocab: int) -> dict[str, torch.Tensor]:
 
 # ---- runners --------------------------------------------------------------------------------
 def hf_runner(workload: str) -> Runner:
-    model = (hf_bert(bert_cfg()) if workload == "mlm" else hf_t5(t5_cfg())).train()
+    model = (hf_bert(bert_cfg()) if workload == "mlm" else hf_t5(t5_cfg())).to(DEVICE).train()
     optimizer = torch.optim.AdamW(model.parameters(), **OPTIM)  # default: foreach implementation
 
     def step(batch: dict[str, torch.Tensor]) -> float:
@@ -133,12 +135,12 @@ def hf_runner(workload: str) -> Runner:
 def lmforge_runner(workload: str, precision: str, compile: bool = False) -> Runner:
     """Mirrors ``Trainer._train_step`` with lmforge's own building blocks (``compile``: the model
     under ``torch.compile``, as ``--compile true`` runs these objectives)."""
-    device = torch.device("cpu")
+    device = DEVICE
     if workload == "mlm":
         model, loss_fn = Encoder(bert_cfg()), objective_loss(MaskedLM)
     else:
         model, loss_fn = EncoderDecoder(t5_cfg()), objective_loss(Seq2SeqObjective)
-    model.train()
+    model.to(device).train()
     train_cfg = TrainConfig(lr=OPTIM["lr"], beta1=OPTIM["betas"][0], beta2=OPTIM["betas"][1],
                             eps=OPTIM["eps"], weight_decay=OPTIM["weight_decay"], grad_clip=GRAD_CLIP)
     optimizer = build_optimizer(model, train_cfg, device)
@@ -169,7 +171,8 @@ def benchmark(workload: str, args: argparse.Namespace) -> list[dict]:
     else:
         batches = [seq2seq_batch(gen, t5_cfg().vocab_size) for _ in range(args.warmup + args.steps)]
         tokens = BATCH * (SRC_LEN + TGT_LEN)
-    times: dict[str, list[float]] = {r.name: [] for r in runners}
+    batches = [{k: v.to(DEVICE) for k, v in b.items()} for b in batches]
+    times: dict[str, list[float]] = {r.name: [] for r in runners}  # loss.item() syncs a GPU
     first_loss: dict[str, float] = {}
     for i, batch in enumerate(batches):
         order = runners[i % len(runners):] + runners[:i % len(runners)]  # rotate: fair to all
@@ -227,6 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="torch threads for every implementation (default: usable cores)")
     p.add_argument("--compile", action="store_true", help="also time lmforge under torch.compile")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the issue's targets are for lmforge's "
+                   "defaults on the device: bf16 autocast on either)")
     p.add_argument("--no-save", action="store_true", help=f"do not append to {RESULTS.name}")
     args = p.parse_args(argv)
     workloads = args.workloads.split(",")
@@ -234,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
         if w not in TARGETS:
             p.error(f"unknown workload {w!r}; choose from {', '.join(TARGETS)}")
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = torch.device(args.device)
 
     env = environment(args.threads)
     print(env)
