@@ -293,7 +293,7 @@ def test_training_flops_equal_counted_matmul_flops(style):
             loss = Seq2SeqObjective.__new__(Seq2SeqObjective).loss(model, batch)
         loss.backward()
     counted = counter.get_total_flops()
-    estimate = batch_flops(model, batch, B * S, S)
+    estimate = batch_flops(model, batch, B * S, flops_per_token(model, S))
     assert estimate == pytest.approx(counted, rel=1e-6)
     # the decoder-only rule (6N on every source token) would be far off
     assert abs(B * S * flops_per_token(model, S) - counted) > 0.2 * counted

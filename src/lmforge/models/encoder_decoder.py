@@ -25,10 +25,13 @@ from .transformer import (KVCache, Block, compute_dtype, explicit_attention, ini
                           use_explicit_attention)
 
 
-def compiling() -> bool:
-    """Under torch.compile a given padding mask is applied as is: asking whether it is all ones
-    would read a tensor value and break the graph (callers drop all-ones masks beforehand)."""
-    return torch.compiler.is_compiling()
+def has_padding(attention_mask: torch.Tensor | None) -> bool:
+    """Whether a source padding mask (1 = token) must be applied. Under torch.compile a given
+    mask is applied as is: asking whether it is all ones would read a tensor value and break the
+    graph (callers drop all-ones masks beforehand)."""
+    if attention_mask is None:
+        return False
+    return torch.compiler.is_compiling() or not bool(attention_mask.all())
 
 
 def relative_position_bucket(relative_position: torch.Tensor, bidirectional: bool,
@@ -206,8 +209,7 @@ class EncoderDecoder(nn.Module):
         if not self.relative:
             x = x + self.enc_wpe(torch.arange(S, device=input_ids.device))
         x = self.drop(self.enc_emb_norm(x))
-        padded = attention_mask is not None and (compiling() or not bool(attention_mask.all()))
-        keys = attention_mask[:, None, None, :].bool() if padded else None
+        keys = attention_mask[:, None, None, :].bool() if has_padding(attention_mask) else None
         mask = keys
         if self.relative:
             mask = self.enc_pos_bias(S, S)
@@ -246,9 +248,7 @@ class EncoderDecoder(nn.Module):
             x = x + self.dec_wpe(torch.arange(start, start + T, device=device))
         x = self.drop(self.dec_emb_norm(x))
         self_mask = self._self_mask(T, start, cache is not None, device)
-        cross_mask = None
-        if attention_mask is not None and (compiling() or not bool(attention_mask.all())):
-            cross_mask = attention_mask[:, None, None, :].bool()
+        cross_mask = attention_mask[:, None, None, :].bool() if has_padding(attention_mask) else None
         if cache is not None and cache.cross:
             memories = cache.cross
         else:
@@ -279,8 +279,6 @@ class EncoderDecoder(nn.Module):
     def new_cache(self, batch: int, max_len: int | None = None) -> Seq2SeqCache:
         """An empty decoder cache for ``batch`` rows and up to ``max_len`` decoder tokens."""
         p = self.wte.weight
-        device = p.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else p.dtype
         decoder_cfg = replace(self.config, n_layer=self.config.decoder_layers)
         return Seq2SeqCache(KVCache.empty(decoder_cfg, batch, max_len or self.config.context_length,
-                                          dtype, p.device))
+                                          compute_dtype(p), p.device))

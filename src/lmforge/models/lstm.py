@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from .config import ModelConfig
+from .transformer import compute_dtype
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each of shape (n_layer, B, n_embd)
 INIT_RANGE = 0.1  # embeddings (and an untied output layer) ~ U(-0.1, 0.1), as Zaremba et al.
@@ -77,9 +78,7 @@ class LSTMLM(nn.Module):
         ``last_only`` only the final position's logits (B, 1, vocab) are computed."""
         if state is not None:
             # Under autocast the LSTM may run in another dtype than the state it was given.
-            dtype = self.lstm.weight_hh_l0.dtype
-            if torch.is_autocast_enabled(idx.device.type):
-                dtype = torch.get_autocast_dtype(idx.device.type)
+            dtype = compute_dtype(self.lstm.weight_hh_l0)
             state = tuple(s.to(dtype) for s in state)
         h, state = self.lstm(self.embed(idx), state)
         h = self.drop(h)

@@ -22,8 +22,9 @@ def make_norm(cfg: ModelConfig, feeds_matmul: bool = False) -> nn.Module:
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype a linear layer computes ``x`` in: autocast's when it is on, else ``x``'s. (RoPE
-    in fp32 would promote q and k and cost a cast back before attention.)"""
+    """The dtype ``x`` (an activation, a weight) is computed in: autocast's when it is on for
+    its device, else ``x``'s. (RoPE in fp32 would promote q and k and cost a cast back before
+    attention; caches and recurrent states must match what the layers produce.)"""
     device = x.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
@@ -397,5 +398,5 @@ class GPT(nn.Module):
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         p = self.wte.weight
-        dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
-        return KVCache.empty(self.config, batch, max_len or self.config.context_length, dtype, p.device)
+        return KVCache.empty(self.config, batch, max_len or self.config.context_length,
+                             compute_dtype(p), p.device)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..models.encoder_decoder import has_padding
 from ..tokenization import eos_token_id
 from .base import Objective, register
 from .mlm import PAD_TOKENS, find_token
@@ -96,18 +97,23 @@ class Seq2SeqObjective(Objective):
             return super().eval_batches(data, block_size, batch_size, count)
 
     # ---- loss ---------------------------------------------------------------------------
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    @staticmethod
+    def logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Teacher-forced logits; an all-ones source mask is dropped here, outside a compiled
+        model (see ``has_padding``)."""
         mask = batch["attention_mask"]
-        if bool(mask.all()):
-            mask = None  # no padding: checked here, outside a compiled model
-        logits = model(batch["input_ids"], batch["decoder_input_ids"], mask)
+        return model(batch["input_ids"], batch["decoder_input_ids"],
+                     mask if has_padding(mask) else None)
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.logits(model, batch)
         return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
                                ignore_index=-100)
 
     @torch.no_grad()
     def eval_metrics(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, tuple[float, int]]:
         """Teacher-forced target-token accuracy (argmax equals the label), as for MLM."""
-        logits = model(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
+        logits = self.logits(model, batch)
         labels = batch["labels"]
         target = labels != -100
         correct = (logits.argmax(-1) == labels) & target

@@ -9,6 +9,7 @@ counts are summed over ranks, and only rank 0 logs and writes run files."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 import re
@@ -33,7 +34,8 @@ from .config import TrainConfig
 from .metrics import MetricsLogger, Progress
 from .optim import build_optimizer, lr_at
 from .plots import plot_loss
-from .runtime import autocast, batch_flops, peak_tflops, resolve_device, resolve_precision
+from .runtime import (autocast, batch_flops, flops_per_token, peak_tflops, resolve_device,
+                      resolve_precision)
 
 CONFIG_FILE = "config.yaml"
 
@@ -314,7 +316,13 @@ class Trainer:
                                              if k.startswith(prefix)})
 
     # ---- the loop -----------------------------------------------------------------------
-    def _train_step(self) -> float:
+    @functools.cached_property
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token of the model at the block size (for the logged MFU)."""
+        return flops_per_token(self.model, self.block_size)
+
+    def _train_step(self) -> tuple[float, int, float]:
+        """One optimizer step: (mean loss, the job's tokens, the job's FLOPs)."""
         cfg = self.cfg
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
@@ -326,7 +334,7 @@ class Trainer:
                 batch = self.ranks.own_rows(batch)
             micro_tokens = batch_tokens(batch, cfg.batch_size * self.block_size)
             tokens += micro_tokens
-            flops += batch_flops(self.model, batch, micro_tokens, self.block_size)
+            flops += batch_flops(self.model, batch, micro_tokens, self.flops_per_token)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with distributed.gradient_sync(self.loss_module, self.model, micro == cfg.grad_accum - 1):
                 with autocast(self.device, self.precision):

@@ -72,14 +72,16 @@ def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
 _MATMUL_WEIGHTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, int, int]]" = weakref.WeakKeyDictionary()
 
 
-def batch_flops(model: torch.nn.Module, batch: dict, tokens: int, seq_len: int) -> float:
-    """Training FLOPs of one batch of ``tokens`` real tokens. Encoder-decoders are not 6N per
-    token: encoder weights (and the decoder's cross-attention key/value projections) see the
-    source tokens, the other decoder weights and the output head the target tokens; attention
-    spans the source (encoder, cross) or the target (decoder self-attention)."""
+def batch_flops(model: torch.nn.Module, batch: dict, tokens: int, per_token: float) -> float:
+    """Training FLOPs of one batch of ``tokens`` real tokens: ``tokens * per_token`` (the
+    model's :func:`flops_per_token`, computed once by the caller), except for encoder-decoders,
+    which are not 6N per token: encoder weights (and the decoder's cross-attention key/value
+    projections) see the source tokens, the other decoder weights and the output head the
+    target tokens; attention spans the source (encoder, cross) or the target (decoder
+    self-attention)."""
     cfg = model.config
     if getattr(cfg, "arch", "decoder") != "encoder-decoder" or "labels" not in batch:
-        return tokens * flops_per_token(model, seq_len)
+        return tokens * per_token
     src, tgt = tokens, int((batch["labels"] != -100).sum())
     S, T = batch["input_ids"].shape[1], batch["labels"].shape[1]
     if model not in _MATMUL_WEIGHTS:
