@@ -28,7 +28,7 @@ from bench_train import publish  # noqa: E402
 
 from lmforge.generation.sampling import generate  # noqa: E402
 from lmforge.interop.hf import export_hf  # noqa: E402
-from lmforge.models.io import load_model  # noqa: E402
+from lmforge.hub import load_model  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared/data/corpora/tinyshakespeare.txt"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

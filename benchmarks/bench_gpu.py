@@ -42,7 +42,7 @@ from lmforge.objectives.causal_lm import CausalLM  # noqa: E402
 from lmforge.training.config import TrainConfig  # noqa: E402
 from lmforge.training.distributed import ObjectiveLoss  # noqa: E402
 from lmforge.training.optim import build_optimizer  # noqa: E402
-from lmforge.training.runtime import autocast, flops_per_token, peak_tflops  # noqa: E402
+from lmforge.runtime import autocast, flops_per_token, peak_tflops  # noqa: E402
 
 OPTIM = dict(lr=6e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
 PROFILE = False

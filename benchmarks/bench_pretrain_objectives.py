@@ -49,7 +49,7 @@ from lmforge.objectives.mlm import MaskedLM  # noqa: E402
 from lmforge.objectives.seq2seq import Seq2SeqObjective  # noqa: E402
 from lmforge.training.config import TrainConfig  # noqa: E402
 from lmforge.training.optim import build_optimizer  # noqa: E402
-from lmforge.training.runtime import autocast, resolve_precision  # noqa: E402
+from lmforge.runtime import autocast, resolve_precision  # noqa: E402
 
 BATCH = 16
 MLM_SEQ, MASK_PROB, MASK_ID = 128, 0.15, 103  # 103 = [MASK] in BERT's uncased vocab

@@ -45,7 +45,7 @@ from lmforge.models.transformer import GPT
 from lmforge.objectives.causal_lm import CausalLM
 from lmforge.training.config import TrainConfig
 from lmforge.training.optim import build_optimizer
-from lmforge.training.runtime import autocast, cpu_has_fast_bf16, resolve_precision
+from lmforge.runtime import autocast, cpu_has_fast_bf16, resolve_precision
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 OPTIM = dict(lr=6e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)

@@ -31,7 +31,7 @@ from bench_train import publish  # noqa: E402
 
 from lmforge.evaluation.scoring import token_logprobs  # noqa: E402
 from lmforge.interop.hf import export_hf  # noqa: E402
-from lmforge.models.io import load_model  # noqa: E402
+from lmforge.hub import load_model  # noqa: E402
 from lmforge.tokenization import eos_token_id  # noqa: E402
 
 CORPORA = Path(os.environ.get("LMFORGE_CORPORA", Path(__file__).resolve().parents[2] / "shared/data/corpora"))

@@ -10,7 +10,8 @@ import torch
 from lmforge.data.dataset import TokenShards
 from lmforge.data.prepare import prepare_corpus
 from lmforge.errors import ConfigError
-from lmforge.models import GPT, build_model, from_pretrained, preset
+from lmforge.hub import from_pretrained
+from lmforge.models import GPT, build_model, preset
 from lmforge.objectives import get_objective
 from lmforge.objectives.denoising import (MarkedWindows, delete_tokens, infilling_spans,
                                           random_spans_noise_mask, rotate_document,

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from lmforge.errors import ConfigError, DataError
+from lmforge.hub import from_pretrained
 from lmforge.models import preset
-from lmforge.models.io import build_model, from_pretrained, save_pretrained
+from lmforge.models.io import build_model, save_pretrained
 from lmforge.models.lora import LoRALinear, apply_lora, merge_lora, trainable_parameters
+from lmforge.models.task_head import TaskModel, TaskSpec
 from lmforge.tasks.finetune import FinetuneConfig, finetune
-from lmforge.tasks.model import TaskModel, TaskSpec
 from lmforge.tasks.tabular import read_rows
 from lmforge.tokenization import train_tokenizer
 from lmforge.training import TrainConfig, pretrain

@@ -18,7 +18,8 @@ from lmforge.generation.sampling import generate
 from lmforge.generation.seq2seq import generate_seq2seq
 from lmforge.interop.hf import export_hf, load_hf
 from lmforge.models import preset
-from lmforge.models.io import build_model, from_pretrained, save_pretrained
+from lmforge.hub import from_pretrained
+from lmforge.models.io import build_model, save_pretrained
 from lmforge.tokenization import load_tokenizer, train_tokenizer
 
 from _util import assert_one_line_error, run_cli
@@ -278,7 +279,7 @@ def task_models() -> dict:
 def test_task_heads_round_trip(name, text_ids, tmp_path):
     """Fine-tuned heads (sequence / token classification, regression, QA) come in as lmforge
     task models with their label maps and go back out as the same HF class."""
-    from lmforge.tasks.model import TaskModel
+    from lmforge.models.task_head import TaskModel
     torch.manual_seed(5)
     cls, config = task_models()[name]
     hf = cls(config).eval()

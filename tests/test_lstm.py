@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from lmforge.data.dataset import StreamBatches, TokenShards
 from lmforge.evaluation.scoring import token_logprobs
-from lmforge.models import LSTMLM, build_model, from_pretrained, preset, save_pretrained
+from lmforge.hub import from_pretrained
+from lmforge.models import LSTMLM, build_model, preset, save_pretrained
 from lmforge.training import TrainConfig, Trainer
 
 from _util import assert_one_line_error, make_char_dataset, popen_cli, run_cli

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lmforge.errors import ConfigError
-from lmforge.models import build_model, from_pretrained, preset, save_pretrained
+from lmforge.hub import from_pretrained
+from lmforge.models import build_model, preset, save_pretrained
 from lmforge.objectives import get_objective
 from lmforge.tokenization import train_tokenizer, save_tokenizer
 from lmforge.data.prepare import prepare_corpus

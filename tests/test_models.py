@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.models import GPT, PRESETS, ModelConfig, from_pretrained, preset, save_pretrained
+from lmforge.hub import from_pretrained
+from lmforge.models import GPT, PRESETS, ModelConfig, preset, save_pretrained
 from lmforge.models.transformer import RMSNorm
 
 from _util import assert_one_line_error, run_cli

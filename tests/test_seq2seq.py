@@ -17,7 +17,8 @@ from lmforge.errors import ConfigError
 from lmforge.generation import (BeamCompletion, Seq2SeqStep, beam_search, beam_search_decoder,
                                 generate, generate_seq2seq, generate_text)
 from lmforge.generation.seq2seq import banned_ngram_tokens, sample_loop
-from lmforge.models import GPT, build_model, from_pretrained, preset, save_pretrained
+from lmforge.hub import from_pretrained
+from lmforge.models import GPT, build_model, preset, save_pretrained
 from lmforge.models.encoder_decoder import relative_position_bucket
 from lmforge.models.transformer import RMSNorm
 
@@ -278,7 +279,7 @@ def test_training_flops_equal_counted_matmul_flops(style):
     from torch.utils.flop_counter import FlopCounterMode
 
     from lmforge.objectives.seq2seq import Seq2SeqObjective
-    from lmforge.training.runtime import batch_flops, flops_per_token
+    from lmforge.runtime import batch_flops, flops_per_token
 
     model = tiny(style, vocab_size=300, n_layer=2, n_decoder_layer=3)
     B, S, T = 4, 24, 10

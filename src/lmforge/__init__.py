@@ -21,7 +21,7 @@ _EXPORTS = {
     "CheckpointError": ".errors",
     "generate": ".generation", "generate_text": ".generation",
     "score_text": ".evaluation.scoring",
-    "GPT": ".models", "PRESETS": ".models", "ModelConfig": ".models", "from_pretrained": ".models",
+    "GPT": ".models", "PRESETS": ".models", "ModelConfig": ".models", "from_pretrained": ".hub",
     "preset": ".models", "save_pretrained": ".models",
     "load_tokenizer": ".tokenization", "save_tokenizer": ".tokenization",
     "train_tokenizer": ".tokenization",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .data.prepare import prepare_corpus
 from .generation import generate_text
-from .models import from_pretrained
+from .hub import from_pretrained
 from .tokenization import load_tokenizer, save_tokenizer, train_tokenizer
 from .training import TrainConfig, Trainer
 

@@ -9,9 +9,9 @@ import torch
 from tokenizers import Tokenizer
 
 from ..errors import DataError, LMForgeError
-from ..models.io import load_model
+from ..hub import load_model
 from ..tokenization import load_tokenizer
-from ..training.runtime import resolve_device
+from ..runtime import resolve_device
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -75,7 +75,7 @@ def load_task(args: argparse.Namespace):
     """(model in eval mode, its task objective, device, autocast context factory) for --model:
     a task head's own task, or the generative task and options its fine-tuning run recorded."""
     from ..tasks.inference import headless_task_options, objective_for
-    from ..training.runtime import autocast, resolve_precision
+    from ..runtime import autocast, resolve_precision
     model, tokenizer, tok_cfg = load_model_tokenizer_config(args)
     options = {}
     spec = getattr(model, "spec", None)

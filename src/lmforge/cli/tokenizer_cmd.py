@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..data.readers import open_text
+from ..readers import open_text
 from ..errors import DataError
 from ..tokenization import (KINDS, decode, encode, load_tokenizer, save_tokenizer, tokenizer_info,
                             train_tokenizer)

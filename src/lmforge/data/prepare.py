@@ -41,7 +41,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -60,7 +59,7 @@ from ..tokenization.info import eos_token_id, vocab_size as tokenizer_vocab_size
 from ..tokenization.load import load_tokenizer, save_tokenizer, tokenizer_sha256
 from .cleaning import (NORMALIZATIONS, DocumentCleaner, ExactDeduplicator, NearDeduplicator,
                        content_hash, minhash_signatures, new_stats)
-from .readers import expand_inputs, iter_corpus
+from ..readers import expand_inputs, iter_corpus
 from .sentences import sentence_spans
 
 FORMAT = "lmforge-tokens/1"
@@ -447,27 +446,6 @@ def _check_output_dir(out: Path, overwrite: bool) -> None:
         raise DataError(f"output folder exists and is not empty: {out} (pass --overwrite to replace it)")
 
 
-def _make_temp_dir(out: Path) -> Path:
-    """An empty folder beside ``out`` (same filesystem, so the final rename is atomic)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset should not be
-    return tmp
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Swap the finished dataset in; an existing one is only removed once the new one is there."""
-    if not out.exists():
-        tmp.rename(out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _no_documents_error(stats: dict[str, int], inputs: Sequence[str]) -> DataError:
     if stats["docs_in"] == 0:
         return DataError(f"no documents in the inputs (empty?): {', '.join(inputs)}")
@@ -534,7 +512,7 @@ def prepare_corpus(inputs: Sequence[str | Path], tokenizer: Tokenizer | str | Pa
         else (_chunks(train_paths, None, read),)
     workers = opts.workers if opts.workers is not None else available_cores()
 
-    tmp = _make_temp_dir(out)
+    tmp = temp_dir_beside(out)
     writers = {split: ShardWriter(tmp, split, dtype, opts.shard_tokens, opts.split_sentences)
                for split in SPLITS}
     stats = new_stats()
@@ -568,7 +546,7 @@ def prepare_corpus(inputs: Sequence[str | Path], tokenizer: Tokenizer | str | Pa
                if opts.num_parts > 1 else {}),
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        _move_into_place(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         for writer in writers.values():
             writer.close()
@@ -629,7 +607,7 @@ def merge_prepared(parts: Sequence[str | Path], out_dir: str | Path, overwrite: 
         roots, metas = [roots[i] for i in order], [metas[i] for i in order]
     out = Path(out_dir)
     _check_output_dir(out, overwrite)
-    tmp = _make_temp_dir(out)
+    tmp = temp_dir_beside(out)
     try:
         splits = {split: _merge_split(split, roots, metas, tmp) for split in SPLITS}
         shutil.copyfile(roots[0] / "tokenizer.json", tmp / "tokenizer.json")
@@ -643,7 +621,7 @@ def merge_prepared(parts: Sequence[str | Path], out_dir: str | Path, overwrite: 
                 "options": options, "merged_from": [str(r) for r in roots],
                 "lmforge_version": __version__}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        _move_into_place(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -127,7 +127,7 @@ def _ngram_rows(cfg: CompareConfig, log) -> list[dict]:
 
 def _neural_row(cfg: CompareConfig, kind: str, ids: np.ndarray, eos_id: int, log) -> dict:
     """Train one neural model through the engine, then score the whole val split with it."""
-    from ..models.io import from_pretrained
+    from ..hub import from_pretrained
     from ..training import TrainConfig, Trainer
 
     lstm = kind == "lstm"

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 
 from ..errors import ConfigError
 from ..objectives.mlm import CLS_TOKENS, MASK_TOKENS, PAD_TOKENS, SEP_TOKENS, find_token
-from ..training.runtime import autocast, resolve_precision
+from ..runtime import autocast, resolve_precision
 
 
 def is_encoder(model: torch.nn.Module) -> bool:

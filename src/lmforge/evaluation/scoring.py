@@ -26,7 +26,7 @@ from tokenizers import Tokenizer
 
 from ..errors import ConfigError, DataError
 from ..tokenization import encode, eos_token_id
-from ..training.runtime import autocast, resolve_precision
+from ..runtime import autocast, resolve_precision
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import torch
 
 from ..errors import ConfigError, LMForgeError
 from ..models import KVCache
-from ..training.runtime import autocast, resolve_precision
+from ..runtime import autocast, resolve_precision
 
 log = logging.getLogger(__name__)
 

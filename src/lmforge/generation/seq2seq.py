@@ -25,7 +25,7 @@ from typing import Protocol
 import torch
 
 from ..errors import ConfigError, LMForgeError
-from ..training.runtime import autocast, resolve_precision
+from ..runtime import autocast, resolve_precision
 from .sampling import (Completion, StreamCallback, _check_prompts, _next_logits, plan_decoding,
                        _record, check_sampling_args, generate, left_pad, positions_from_mask,
                        sample_next)

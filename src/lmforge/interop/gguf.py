@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,10 @@ from tokenizers import (AddedToken, Regex, Tokenizer, models, normalizers, pre_t
                         processors)
 
 from ..errors import CheckpointError, ConfigError
+from ..files import atomic_file
 from ..models.config import ModelConfig
-from ..models.io import build_model, load_model_state, model_state
+from ..models.io import build_model
+from ..models.state import load_model_state, model_state
 from ..models.transformer import GPT, rope_frequencies
 from ..tokenization.info import eos_token_id
 from ..tokenization.pipelines import set_byte_level_pipeline
@@ -639,22 +640,19 @@ def write_gguf(model: torch.nn.Module, tokenizer: Tokenizer, path: str | Path, d
                           f"{type(model).__name__}")
     gguf = _gguf()
     path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    writer = gguf.GGUFWriter(partial, arch)  # opens no file before write_header_to_file
-    try:
-        writer.add_name(path.stem)
-        _add_hparams(writer, gguf, cfg, arch, dtype)
-        _add_tokenizer(writer, tokenizer, tokenizer_config or {}, cfg.vocab_size)
-        for name, tensor in _gguf_tensors(model, cfg, arch).items():
-            array, qtype = _encode_tensor(gguf, name, tensor, dtype)
-            writer.add_tensor(name, array, raw_dtype=qtype)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(partial, path)  # readers never see a half-written file
-    finally:
-        writer.close()
-        partial.unlink(missing_ok=True)
+    with atomic_file(path) as partial:  # readers never see a half-written file
+        writer = gguf.GGUFWriter(partial, arch)  # opens no file before write_header_to_file
+        try:
+            writer.add_name(path.stem)
+            _add_hparams(writer, gguf, cfg, arch, dtype)
+            _add_tokenizer(writer, tokenizer, tokenizer_config or {}, cfg.vocab_size)
+            for name, tensor in _gguf_tensors(model, cfg, arch).items():
+                array, qtype = _encode_tensor(gguf, name, tensor, dtype)
+                writer.add_tensor(name, array, raw_dtype=qtype)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
     return path

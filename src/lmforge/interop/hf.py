@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -27,8 +25,11 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
 from ..errors import CheckpointError, ConfigError
+from ..files import atomic_dir
 from ..models.config import ModelConfig
-from ..models.io import build_model, load_model_state, model_state, replace_dir
+from ..models.io import build_model
+from ..models.state import load_model_state, model_state
+from ..models.task_head import TaskModel, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -576,7 +577,6 @@ def load_hf(path: str | Path, device: str | torch.device = "cpu",
                       f"import): {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}")
     model = build_model(cfg)
     if task is not None:
-        from ..tasks.model import TaskModel
         if family != "bert":
             cfg.tie_embeddings = True  # no LM head in a sequence-classification checkpoint
             model = build_model(cfg)
@@ -673,16 +673,11 @@ def export_hf(model: torch.nn.Module, tokenizer: Tokenizer | None, out: str | Pa
     if spec is not None:
         hf_config |= task_config(spec)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
             write_hf_tokenizer(tokenizer, tmp, cfg, names, tokenizer_config, family)
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -744,7 +739,6 @@ def task_config(spec) -> dict:
 
 def task_spec_from_hf(hf: dict, family: str):
     """The TaskSpec of a Hugging Face task class, or None for base / LM / MLM classes."""
-    from ..tasks.model import TaskSpec
     arch = (hf.get("architectures") or [""])[0]
     for (fam, task), (cls, head) in TASK_CLASSES.items():
         if cls == arch and fam == family:

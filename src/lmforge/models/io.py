@@ -1,23 +1,24 @@
-"""Hugging Face-style model folders: ``config.json`` + ``model.safetensors`` + ``tokenizer.json``.
+"""lmforge model folders: ``config.json`` + ``model.safetensors`` + ``tokenizer.json``.
 
-Weights are safetensors only (never pickle). Tied output weights are stored once.
+Weights are safetensors only (never pickle). Tied output weights are stored once. Reading any
+other kind of model (a Hugging Face folder, a GGUF file, a preset name) is :mod:`lmforge.hub`'s.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..errors import CheckpointError, ConfigError
+from ..files import atomic_dir
 from .config import ModelConfig
 from .lstm import LSTMLM
+from .state import load_model_state, load_weights, model_state  # noqa: F401 (re-exported)
+from .task_head import TaskModel, TaskSpec
 from .transformer import GPT
 
 CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME = "config.json", "model.safetensors", "tokenizer.json"
@@ -37,65 +38,15 @@ def build_model(cfg: ModelConfig) -> torch.nn.Module:
     return GPT(cfg)
 
 
-def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """State dict without the tied copy of the embedding (safetensors refuses shared storage).
-    A task model (backbone + head) gives the backbone's names plus ``head.*``."""
-    if hasattr(model, "state_for_save"):
-        return model.state_for_save()
-    state = model.state_dict()
-    # Tied copies of the embedding are stored once (safetensors refuses shared storage).
-    state.pop("mlm_head.embedding.weight", None)
-    if model.config.tie_embeddings:
-        state.pop("lm_head.weight", None)
-    return {k: v.detach().contiguous() for k, v in state.items()}
-
-
-def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` strictly; any missing, unexpected or mis-shaped tensor is a clear error."""
-    if hasattr(model, "load_saved_state"):
-        return model.load_saved_state(state, source)
-    expected = model_state(model)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-              for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
-        if shapes:
-            parts.append(f"shape mismatch {'; '.join(shapes[:3])}")
-        raise CheckpointError(f"weights in {source} do not fit this architecture: {'; '.join(parts)}")
-    model.load_state_dict(state, strict=False)
-
-
-def replace_dir(tmp: Path, dest: Path) -> None:
-    """Put the finished folder ``tmp`` at ``dest`` by renames only, so ``dest`` is never a
-    half-written folder (the old one is moved aside first and deleted last)."""
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)
-
-
 def save_pretrained(model: torch.nn.Module, path: str | Path, tokenizer=None,
                     tokenizer_config: dict | None = None) -> Path:
     """Write the model folder atomically (temp folder, then rename over the old one).
     ``tokenizer_config`` (Hugging Face keys: chat_template, special token names) is kept as
     ``tokenizer_config.json`` beside the tokenizer."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        config = {"lmforge": model.config.to_dict()}
-        if hasattr(model, "spec"):  # a task model: its head's spec
-            config["task"] = model.spec.to_dict()
+    config = {"lmforge": model.config.to_dict()}
+    if hasattr(model, "spec"):  # a task model: its head's spec
+        config["task"] = model.spec.to_dict()
+    with atomic_dir(path) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         save_file(model_state(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         if tokenizer is not None:
@@ -106,55 +57,14 @@ def save_pretrained(model: torch.nn.Module, path: str | Path, tokenizer=None,
         if tokenizer_config:
             (tmp / TOKENIZER_CONFIG_NAME).write_text(
                 json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        replace_dir(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return Path(path)
 
 
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file, turning truncation or corruption into a CheckpointError."""
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"corrupt or unreadable weights file {path}: {str(exc).splitlines()[0]}") from None
-
-
-def from_pretrained(path: str | Path, device: str | torch.device = "cpu",
-                    dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """Load a model: an lmforge model folder (or a training run folder: its exported
-    ``model/``), a Hugging Face model folder, or a GGUF file (see :mod:`lmforge.interop`)."""
-    return load_model(path, device, dtype)[0]
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu",
-               dtype: torch.dtype | None = None):
-    """(model, tokenizer or None, tokenizer_config dict) from any folder or file that
-    :func:`from_pretrained` reads."""
+def load_lmforge_folder(path: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """The model of an lmforge model folder, or of a training run folder (its ``model/``);
+    a folder with a ``task`` section in its config gives a :class:`TaskModel`."""
     path = Path(path)
-    if path.is_file() and path.suffix == ".gguf":
-        from ..interop.gguf import load_gguf
-        return load_gguf(path, device=device, dtype=dtype)
-    from ..interop.hf import is_hf_folder, load_hf
-    if is_hf_folder(path):
-        return load_hf(path, device=device, dtype=dtype)
-    model = _load_lmforge(path, device, dtype)
-    tok_path = tokenizer_path(path)
-    tokenizer = None
-    if tok_path is not None:
-        from ..tokenization import load_tokenizer
-        tokenizer = load_tokenizer(tok_path)
-    tok_cfg = {}
-    cfg_file = tok_path.parent / TOKENIZER_CONFIG_NAME if tok_path is not None else None
-    if cfg_file is not None and cfg_file.is_file():
-        try:
-            tok_cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot read {cfg_file}: {exc}") from None
-    return model, tokenizer, tok_cfg
-
-
-def _load_lmforge(path: Path, device, dtype) -> torch.nn.Module:
     if (path / "model" / CONFIG_NAME).is_file() and not (path / CONFIG_NAME).is_file():
         path = path / "model"
     if not path.exists():
@@ -166,7 +76,6 @@ def _load_lmforge(path: Path, device, dtype) -> torch.nn.Module:
         task = json.loads((path / CONFIG_NAME).read_text()).get("task")
         model = build_model(cfg)
         if task is not None:
-            from ..tasks.model import TaskModel, TaskSpec
             model = TaskModel(model, TaskSpec.from_dict(task))
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None

@@ -21,13 +21,14 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..hub import load_model
 from ..models.config import preset
-from ..models.io import build_model, load_model
+from ..models.io import build_model
 from ..models.lora import apply_lora, merge_lora, trainable_parameters
+from ..models.task_head import TaskModel, TaskSpec
 from ..training.config import TrainConfig
 from ..training.engine import Trainer, set_dropout
 from .base import TaskObjective, get_task
-from .model import TaskModel, TaskSpec
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, models
 
 from ..errors import DataError
+from ..files import atomic_file
 from .pipelines import (BERT_SPECIALS, BERT_UNK, bert_post_processor, set_bert_pipeline,
                         set_byte_level_pipeline)
 
@@ -117,9 +117,8 @@ def save_tokenizer(tok: Tokenizer, path: str | Path) -> Path:
     path = Path(path)
     target = path if path.suffix == ".json" else path / TOKENIZER_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    tok.save(str(partial), pretty=True)
-    os.replace(partial, target)  # readers never see a half-written file
+    with atomic_file(target) as partial:  # readers never see a half-written file
+        tok.save(str(partial), pretty=True)
     return target
 
 

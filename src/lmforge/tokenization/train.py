@@ -14,6 +14,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from ..errors import ConfigError, DataError
+from ..readers import TEXT, expand_inputs, input_format, iter_documents, iter_lines
 from .pipelines import (BERT_SPECIALS, BERT_UNK, CHAR_UNK, ENDOFTEXT, NORMALIZATIONS,
                         bert_post_processor, set_bert_pipeline, set_byte_level_pipeline,
                         set_char_pipeline, set_word_pipeline, text_normalizer)
@@ -49,9 +50,6 @@ def _check_args(kind: str, vocab_size: int | None, specials: list[str],
 
 def _training_text(paths: Sequence[str], encoding: str, counter: list[int]) -> Iterator[list[str]]:
     """Batches of lines (newlines kept, so a char vocab learns them) or JSONL/Parquet records."""
-    # Imported here: lmforge.data imports lmforge.tokenization at module level.
-    from ..data.readers import TEXT, input_format, iter_documents, iter_lines
-
     batch: list[str] = []
     for path in paths:
         if input_format(path) == TEXT:
@@ -132,8 +130,6 @@ def train_tokenizer(files: Sequence[str | Path], kind: str = "bpe", vocab_size: 
     [MASK]`` (wordpiece) and take the first ids. ``files`` may hold .txt, .jsonl, .parquet,
     .gz files and folders of them, read as ``encoding``; text is streamed, never loaded whole.
     """
-    from ..data.readers import expand_inputs
-
     specials = list(DEFAULT_SPECIAL_TOKENS.get(kind, []) if special_tokens is None else special_tokens)
     if normalization == "none":
         normalization = None

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..models.io import load_model_state, load_weights, model_state, replace_dir
+from ..files import atomic_write_text, replace_dir
+from ..models.state import load_model_state, load_weights, model_state
 from safetensors.torch import save_file
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -102,14 +103,8 @@ def _seal(tmp: Path, final: Path, step: int, files: dict[str, str]) -> None:
             os.fsync(f.fileno())
     _fsync_dir(tmp)
     replace_dir(tmp, final)
-    _write_atomic(final.parent / "latest", final.name)
+    atomic_write_text(final.parent / "latest", final.name)
     _fsync_dir(final.parent)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def verify(ckpt: Path) -> dict:

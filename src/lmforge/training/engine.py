@@ -25,8 +25,9 @@ from .. import __version__
 from ..config import from_dict, load_file, save_yaml
 from ..data.dataset import TokenShards
 from ..errors import CheckpointError, ConfigError, DataError, DistributedError
+from ..hub import from_pretrained
 from ..models.config import ModelConfig, preset
-from ..models.io import build_model, from_pretrained, save_pretrained, tokenizer_path
+from ..models.io import build_model, save_pretrained, tokenizer_path
 from ..objectives import get_objective
 from . import checkpoint as ckpt
 from . import distributed
@@ -34,7 +35,7 @@ from .config import TrainConfig
 from .metrics import MetricsLogger, Progress
 from .optim import build_optimizer, lr_at
 from .plots import plot_loss
-from .runtime import (autocast, batch_flops, flops_per_token, peak_tflops, resolve_device,
+from ..runtime import (autocast, batch_flops, flops_per_token, peak_tflops, resolve_device,
                       resolve_precision)
 
 CONFIG_FILE = "config.yaml"

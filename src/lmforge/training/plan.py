@@ -6,7 +6,7 @@ Accounting, stated so the figures can be checked by hand:
 - FLOPs per token = 6N + 12·L·d·T (PaLM, appendix B): 6N for the forward and backward matmuls
   of the N weights that multiply activations (position embeddings excluded, a tied output head
   counted once) and 12·L·d·T for attention's QK^T and AV over T positions. The same formula
-  gives the MFU that training logs (:func:`lmforge.training.runtime.flops_per_token`).
+  gives the MFU that training logs (:func:`lmforge.runtime.flops_per_token`).
 - Memory, as lmforge trains with AdamW: fp32 weights (4 B/param), fp32 gradients (4), AdamW's
   two fp32 moments (8): 16 B/param, all replicated on every GPU by DDP and split over the GPUs by
   FSDP. bf16 adds working copies: autocast's bf16 weights under DDP (2 B/param); under FSDP the
@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..models.config import ModelConfig, preset
-from .runtime import KNOWN_PEAK_TFLOPS, flops_per_token
+from ..runtime import KNOWN_PEAK_TFLOPS, flops_per_token
 
 GIB = 1024**3
 USABLE = 0.9

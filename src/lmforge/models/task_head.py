@@ -148,13 +148,13 @@ class TaskModel(nn.Module):
         return 1.0  # final norm, pooler, pretraining heads
 
     def state_for_save(self) -> dict[str, torch.Tensor]:
-        from ..models.io import model_state
+        from .state import model_state
         state = model_state(self.backbone)
         state.update({f"head.{k}": v.detach().contiguous() for k, v in self.head.state_dict().items()})
         return state
 
     def load_saved_state(self, state: dict[str, torch.Tensor], source: str) -> None:
-        from ..models.io import load_model_state
+        from .state import load_model_state
         head = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
         load_model_state(self.backbone, {k: v for k, v in state.items() if not k.startswith("head.")}, source)
         try:

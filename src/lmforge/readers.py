@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from ..errors import DataError
+from .errors import DataError
 
 STDIN = "-"
 TEXT, JSONL, PARQUET = "text", "jsonl", "parquet"

@@ -9,7 +9,7 @@ import weakref
 
 import torch
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
