@@ -16,9 +16,9 @@ from safetensors.torch import load_file, save_file
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.generation.sampling import generate
 from lmforge.generation.seq2seq import generate_seq2seq
+from lmforge.hub import from_pretrained
 from lmforge.interop.hf import export_hf, load_hf
 from lmforge.models import preset
-from lmforge.hub import from_pretrained
 from lmforge.models.io import build_model, save_pretrained
 from lmforge.tokenization import load_tokenizer, train_tokenizer
 

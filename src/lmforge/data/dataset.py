@@ -17,9 +17,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .prepare import sentence_index_name
+from .layout import read_meta, sentence_index_name
 
-FORMAT = "lmforge-tokens/1"
 _SCAN_TOKENS = 1 << 24  # EOS search block: bounds the memory of documents()
 
 
@@ -165,21 +164,6 @@ class TokenShards:
         if not self.has_sentences:
             raise DataError(f"dataset {self.root} was prepared without --split-sentences; "
                             "NSP/SOP need sentence boundaries")
-
-
-def read_meta(root: Path) -> dict:
-    path = Path(root) / "meta.json"
-    if not Path(root).exists():
-        raise DataError(f"dataset not found: {root}")
-    if not path.is_file():
-        raise DataError(f"{root} is not a prepared dataset (no meta.json); run `lmforge prepare` first")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"corrupt {path}: {exc}") from None
-    if meta.get("format") != FORMAT:
-        raise DataError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
-    return meta
 
 
 def _locate(counts: np.ndarray, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -55,18 +55,16 @@ from tokenizers import Tokenizer
 from .. import __version__
 from ..config import from_dict
 from ..errors import ConfigError, DataError
+from ..files import replace_dir, temp_dir_beside
+from ..readers import expand_inputs, iter_corpus
 from ..tokenization.info import eos_token_id, vocab_size as tokenizer_vocab_size
 from ..tokenization.load import load_tokenizer, save_tokenizer, tokenizer_sha256
 from .cleaning import (NORMALIZATIONS, DocumentCleaner, ExactDeduplicator, NearDeduplicator,
                        content_hash, minhash_signatures, new_stats)
-from ..readers import expand_inputs, iter_corpus
+from .layout import FORMAT, META_FILE, SENTENCE_DTYPE, read_meta, sentence_index_name
 from .sentences import sentence_spans
 
-FORMAT = "lmforge-tokens/1"
-META_FILE = "meta.json"
 SPLITS = ("train", "val")
-SENTENCE_INDEX_SUFFIX = ".sent.bin"
-SENTENCE_DTYPE = np.dtype("<u8")
 CHUNK_CHARS = 1 << 20
 CHUNK_DOCS = 4096
 # Longer documents are encoded in pieces cut after "<non-space>\n" before a non-space
@@ -381,11 +379,6 @@ class ShardWriter:
         return summary
 
 
-def sentence_index_name(shard: str) -> str:
-    """``train-00000.bin`` -> ``train-00000.sent.bin``: the sentence index beside a shard."""
-    return shard[:-len(".bin")] + SENTENCE_INDEX_SUFFIX
-
-
 class _Progress:
     """tqdm on stderr counting input bytes, with documents and docs/s alongside."""
 
@@ -587,8 +580,6 @@ def merge_prepared(parts: Sequence[str | Path], out_dir: str | Path, overwrite: 
     tokenizer) into ``out_dir``: their shards renumbered in part order (hard links where the
     filesystem allows, else copies), one meta.json with the summed counts. Parts written by
     ``num_parts`` must all be there, each once."""
-    from .dataset import read_meta  # dataset imports this module
-
     roots = [Path(p) for p in parts]
     metas = [read_meta(root) for root in roots]
     for root, meta in zip(roots[1:], metas[1:]):

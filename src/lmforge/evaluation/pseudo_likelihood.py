@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 from ..errors import ConfigError, DataError
 from ..tokenization import encode
 from .masked_inputs import frame_ids, mask_token_id, model_autocast, require_encoder
-from .scoring import ScoreResult, TokenScore, check_ids
+from .scores import ScoreResult, TokenScore, check_ids
 
 
 def window_starts(n: int, width: int) -> torch.Tensor:

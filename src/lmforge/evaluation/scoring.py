@@ -16,66 +16,16 @@ An encoder (masked LM) has no chain rule: ``score_text`` gives it pseudo-log-lik
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 from tokenizers import Tokenizer
 
 from ..errors import ConfigError, DataError
-from ..tokenization import encode, eos_token_id
 from ..runtime import autocast, resolve_precision
-
-
-@dataclass(frozen=True)
-class TokenScore:
-    """One scored token: its position among the text's tokens, id, vocab string and
-    log P(token | everything before it) in nats (pseudo-log-likelihood: | all other tokens)."""
-
-    index: int
-    id: int
-    token: str | None
-    logprob: float
-
-
-@dataclass
-class ScoreResult:
-    """Per-token scores of a text and the totals derived from them. ``method`` is "causal"
-    (chain rule: the totals are log P(text) and perplexity) or "pseudo" (a masked LM's
-    pseudo-log-likelihood and pseudo-perplexity, Salazar et al. 2020)."""
-
-    tokens: list[TokenScore]
-    method: str = "causal"
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.tokens)
-
-    @property
-    def total_logprob(self) -> float:
-        """log P(text) in nats: by the chain rule, the sum of the per-token log-probabilities."""
-        return math.fsum(t.logprob for t in self.tokens)
-
-    @property
-    def total_logprob_bits(self) -> float:
-        return self.total_logprob / math.log(2)
-
-    @property
-    def mean_nll(self) -> float:
-        """Mean negative log-likelihood per scored token, in nats (the LM loss)."""
-        return -self.total_logprob / self.num_tokens
-
-    @property
-    def perplexity(self) -> float:
-        return math.exp(self.mean_nll)
-
-    def summary(self) -> dict[str, Any]:
-        """The totals as a JSON-ready dict (no per-token records)."""
-        return {"method": self.method, "tokens": self.num_tokens, "logprob": self.total_logprob,
-                "logprob_bits": self.total_logprob_bits, "mean_nll": self.mean_nll,
-                "perplexity": self.perplexity}
+from ..tokenization import encode, eos_token_id
+from .pseudo_likelihood import pll_score_text
+from .scores import ScoreResult, TokenScore, check_ids
 
 
 def _window(model: torch.nn.Module, stride: int | None, max_length: int | None) -> tuple[int, int]:
@@ -139,16 +89,6 @@ def token_logprobs(model: torch.nn.Module, ids: Sequence[int], stride: int | Non
     return out
 
 
-def check_ids(ids: Sequence[int], vocab: int) -> None:
-    """Refuse an empty text or ids the model has no embedding for (a foreign tokenizer)."""
-    if not ids:
-        raise DataError("empty text: nothing to score")
-    bad = [t for t in ids if not 0 <= t < vocab]
-    if bad:
-        raise DataError(f"token id {bad[0]} is outside the model's vocabulary "
-                        f"(vocab_size={vocab}); is this the model's own tokenizer?")
-
-
 def score_ids(model: torch.nn.Module, ids: Sequence[int], context_id: int | None = None,
               stride: int | None = None, max_length: int | None = None, precision: str = "fp32",
               token_name: Callable[[int], str | None] | None = None) -> ScoreResult:
@@ -179,7 +119,6 @@ def score_text(model: torch.nn.Module, tokenizer: Tokenizer, text: str, stride: 
     An encoder is scored by pseudo-log-likelihood (``pll_score_text``), ``batch_size`` masked
     copies of the text per forward pass; it centres a window on every token, so takes no stride."""
     if getattr(model.config, "arch", "decoder") == "encoder":
-        from .pseudo_likelihood import pll_score_text  # it imports this module
         if stride is not None:
             raise ConfigError("stride does not apply to an encoder: pseudo-log-likelihood scores "
                               "each token in its own window centred on it")

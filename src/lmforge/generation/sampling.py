@@ -21,6 +21,7 @@ import torch
 
 from ..errors import ConfigError, LMForgeError
 from ..models import KVCache
+from ..models.logits import top_k_filter
 from ..runtime import autocast, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -53,14 +54,6 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor,
         return logits
     penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalized, logits)
-
-
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep each row's ``k`` highest logits (and any tied with the k-th); the rest become -inf."""
-    if k >= logits.size(-1):
-        return logits
-    kth_best = torch.topk(logits, k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth_best, float("-inf"))
 
 
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from .config import ModelConfig
+from .logits import top_k_filter
 from .transformer import compute_dtype
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each of shape (n_layer, B, n_embd)
@@ -92,8 +93,6 @@ class LSTMLM(nn.Module):
         """Continue ``idx`` (B, T) by ``max_new_tokens`` sampled tokens (nanoGPT's ``generate``):
         the prompt is read once and every new token is one step of the carried state, so there
         is no context window to crop. Temperature 0 is greedy."""
-        from ..generation.sampling import top_k_filter  # lazy: generation imports models
-
         logits, state = self(idx, last_only=True)
         out = [idx]
         for _ in range(max_new_tokens):

@@ -31,9 +31,6 @@ def register_task(cls):
 
 
 def get_task(name: str) -> type["TaskObjective"]:
-    # The task modules register themselves on import; importing them here is the one place
-    # every caller (finetune, predict, evaluate) gets the full registry from.
-    from . import classification, generative, ner, qa  # noqa: F401
     if name not in TASKS:
         raise ConfigError(f"unknown task '{name}'; choose one of: {', '.join(sorted(TASKS))}")
     return TASKS[name]

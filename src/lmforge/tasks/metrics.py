@@ -4,9 +4,20 @@ NER scores), sacrebleu (BLEU, chrF) and rouge-score (ROUGE)."""
 
 from __future__ import annotations
 
+import re
+import string
 from pathlib import Path
 
 import numpy as np
+
+PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, drop punctuation, the articles a/an/the and extra whitespace (SQuAD's rule)."""
+    text = "".join(ch for ch in text.lower() if ch not in PUNCTUATION)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
 
 
 def classification_metrics(gold: list[int], pred: list[int], labels: list[str]) -> dict[str, float]:
@@ -72,7 +83,6 @@ def generation_metrics(hypotheses: list[str], references: list[str]) -> dict[str
     normalization (0-100; accuracy when the outputs are labels), one reference per hypothesis."""
     import sacrebleu
     from rouge_score import rouge_scorer
-    from .qa import normalize_answer
     out = {"bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
            "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
            "exact_match": 100.0 * float(np.mean([normalize_answer(h) == normalize_answer(r)

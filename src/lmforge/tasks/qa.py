@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import collections
 import json
-import re
-import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from .base import TaskObjective, cross_entropy, register_task
+from .metrics import normalize_answer
 from .tabular import json_records
 
 
@@ -189,15 +188,6 @@ def best_answer(context: str, windows: list[Window], n_best: int = 20, max_answe
 
 
 # ---- the official SQuAD v2 evaluation -------------------------------------------------------
-PUNCTUATION = frozenset(string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """Lowercase, drop punctuation, the articles a/an/the and extra whitespace (SQuAD's rule)."""
-    text = "".join(ch for ch in text.lower() if ch not in PUNCTUATION)
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
-
-
 def exact_match(gold: str, pred: str) -> int:
     return int(normalize_answer(gold) == normalize_answer(pred))
 
