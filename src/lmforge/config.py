@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from .errors import ConfigError
+from .files import atomic_write_text
 
 T = TypeVar("T")
 
@@ -111,7 +112,7 @@ def load_file(path: str | Path) -> dict[str, Any]:
 def save_yaml(obj: Any, path: str | Path) -> None:
     """Write a dataclass (or dict) as YAML."""
     data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, group: str | None = None,

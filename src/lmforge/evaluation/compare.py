@@ -29,6 +29,7 @@ import torch
 from ..baselines import evaluate_on_dataset, fit_on_dataset
 from ..data.dataset import TokenShards
 from ..errors import ConfigError
+from ..files import atomic_write_text
 from .scoring import token_logprobs
 
 RESULT_JSON, RESULT_PNG = "compare.json", "compare.png"
@@ -187,7 +188,7 @@ def compare(cfg: CompareConfig, overwrite: bool = False, log=print) -> dict:
                          "ending in an EOS token that is predicted too); perplexity = "
                          "exp(-mean natural-log probability per token)"),
               "rows": rows, "config": dataclasses.asdict(cfg)}
-    (out / RESULT_JSON).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / RESULT_JSON, json.dumps(result, indent=2) + "\n")
     plot_compare(result, out / RESULT_PNG)
     return result
 

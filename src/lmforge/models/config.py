@@ -10,6 +10,7 @@ from typing import Any
 
 from ..config import from_dict
 from ..errors import ConfigError
+from ..files import atomic_write_text
 
 CHOICES = {
     "arch": ("decoder", "encoder", "encoder-decoder", "lstm"),
@@ -137,7 +138,7 @@ class ModelConfig:
         return from_dict(cls, data, where=where)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"lmforge": self.to_dict()}, indent=2) + "\n")
+        atomic_write_text(path, json.dumps({"lmforge": self.to_dict()}, indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":

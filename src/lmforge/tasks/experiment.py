@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write_text
 from .finetune import FinetuneConfig, finetune
 
 
@@ -40,7 +41,7 @@ def pretrain_vs_scratch(cfg: FinetuneConfig, seeds: list[int], overwrite: bool =
                          "per_seed": [run[metric] for run in r["runs"]]} for init, r in results.items()}}
     scale = 1 if "loss" in metric else 100  # points for accuracy-like metrics
     summary["gap_points"] = scale * (summary["pretrained"]["mean"] - summary["scratch"]["mean"])
-    (out / "experiment.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "experiment.json", json.dumps(summary, indent=2) + "\n")
     plot_curves(curves, metric, out / "curves.png", title=f"{cfg.task}: pretrained vs scratch")
     return summary
 
