@@ -123,6 +123,14 @@ def test_an_upward_import_breaks_the_layers_contract(tmp_path):
     assert "BROKEN" in result.stdout and "lmforge.models.io -> lmforge.hub" in result.stdout
 
 
+def test_a_module_in_no_layer_breaks_the_layers_contract(tmp_path):
+    # Exhaustive: a new top-level module must be given its place in pyproject.toml's layers.
+    root = copy_with_import(tmp_path, "hub.py", "pass")
+    (root / "src" / "lmforge" / "serve.py").write_text('"""Serving."""\n', encoding="utf-8")
+    result = lint_imports(root)
+    assert result.returncode != 0 and "lmforge.serve" in result.stdout + result.stderr
+
+
 def test_no_import_cycles():
     assert import_cycles(PACKAGE) == []
 
