@@ -8,6 +8,12 @@ from typing import Any
 from ..errors import ConfigError
 
 
+# Fields with a fixed set of values (the CLI lists them in --help and checks them).
+CHOICES = {"schedule": ("cosine", "linear", "constant", "wsd"), "optimizer": ("adamw", "sgd"),
+           "sampling": ("random", "sequential"), "precision": ("auto", "fp32", "bf16", "fp16"),
+           "parallel": ("ddp", "fsdp", "tp")}
+
+
 def _help(text: str, default: Any = None) -> Any:
     return field(default=default, metadata={"help": text})
 
@@ -85,11 +91,7 @@ class TrainConfig:
             raise ConfigError(f"config field 'lr' must be positive, got {self.lr}")
         if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"config field 'min_lr' must be in [0, lr], got {self.min_lr}")
-        choices = {"schedule": ("cosine", "linear", "constant", "wsd"),
-                   "optimizer": ("adamw", "sgd"), "sampling": ("random", "sequential"),
-                   "precision": ("auto", "fp32", "bf16", "fp16"),
-                   "parallel": ("ddp", "fsdp", "tp")}
-        for name, allowed in choices.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"config field '{name}' must be one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")
