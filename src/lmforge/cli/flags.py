@@ -15,8 +15,6 @@ import textwrap
 
 from ..config import BOOL_WORDS, BoolFlag, add_alias
 
-from ..training.runtime import INFERENCE_PRECISION  # noqa: F401  (the inference commands' default)
-
 
 def kebab(option: str) -> str:
     return "--" + option[2:].replace("_", "-") if option.startswith("--") else option

@@ -11,8 +11,8 @@ from tokenizers import Tokenizer
 from ..errors import DataError, LMForgeError
 from ..models.io import load_model
 from ..tokenization import load_tokenizer
-from ..training.runtime import resolve_device
-from .flags import INFERENCE_PRECISION, task_names
+from ..training.runtime import INFERENCE_PRECISION, resolve_device
+from .flags import task_names
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

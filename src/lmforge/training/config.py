@@ -25,7 +25,7 @@ class TrainConfig:
     data: str = _help("prepared dataset folder (from `lmforge prepare`)", "")
     out_dir: str = _help("run folder for checkpoints, metrics, plots and the final model", "runs/run")
     model: str = _help("preset name (see `lmforge models`) or a model folder to start from", "gpt-mini")
-    model_args: dict = _help("architecture overrides, e.g. {n_layer: 4} (flags: --n_layer 4)", None)
+    model_args: dict = _help("architecture overrides, e.g. {n_layer: 4} (flags: --n-layer 4)", None)
     objective: str = _help("training objective", "causal_lm")
     objective_args: dict = _help("objective options as JSON, e.g. {\"mask_prob\": 0.15}", None)
     block_size: int | None = _help("tokens per training sequence (default: min(512, model context))", None)
