@@ -160,14 +160,14 @@ def test_out_is_where_results_go_in_every_command(parser):
         action = p._option_string_actions["--out"]
         assert p._option_string_actions["-o"] is action, command
         assert action.option_strings == ["--out", "-o"], command
-    # Former names stay as aliases, not listed in help.
+    # Former names stay as aliases, not flags of their own in the usage.
     for old in ("--output", "-o", "--out"):
-        for command in ("embed", "predict", "evaluate"):
-            assert parse(parser, command, "--model", "m", "--data", "x", old, "r.jsonl").out == "r.jsonl"
+        for command, data in (("embed", "--input"), ("predict", "--data"), ("evaluate", "--data")):
+            assert parse(parser, command, "--model", "m", data, "x", old, "r.jsonl").out == "r.jsonl"
     for old in ("--out_dir", "--out-dir", "--out", "-o"):
         assert parse(parser, "pretrain", "--data", "d", old, "runs/x").out_dir == "runs/x"
         assert parse(parser, "finetune", "--data", "d", old, "runs/x").out_dir == "runs/x"
-    assert "--output" not in by_name["lmforge predict"].format_help()
+    assert "--output" not in by_name["lmforge predict"].format_usage()
     assert "--out-dir" not in by_name["lmforge pretrain"].format_help()
     # convert: OUT as a positional (as before) or as --out.
     assert parse(parser, "convert", "src", "dst").out_positional == "dst"
