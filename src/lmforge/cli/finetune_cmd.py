@@ -8,7 +8,7 @@ from ..config import add_dataclass_flags, flags_to_dict, from_dict, load_file
 from ..errors import ConfigError
 from ..training.config import CHOICES
 from .flags import examples, task_names
-from .summary import run_summary
+from .summary import print_run_summary
 
 
 def register(sub) -> None:
@@ -60,5 +60,5 @@ def run(args: argparse.Namespace) -> int:
         print(format_summary(result))
         print(f"runs: {cfg.out_dir}/seed-N; mean and std in {cfg.out_dir}/summary.json")
         return 0
-    print(run_summary("finetune", cfg.out_dir, result))
+    print_run_summary("finetune", cfg.out_dir, result)
     return 130 if result.get("interrupted") else 0

@@ -85,20 +85,22 @@ class HelpFormatter(argparse.HelpFormatter):
     to a flag's help when it has one worth showing and the help does not state it already."""
 
     def _fill_text(self, text, width, indent):
-        paragraphs, lines = [], []
+        out, words = [], []
+
+        def flush():
+            if words:
+                out.append(textwrap.fill(" ".join(words), width, initial_indent=indent,
+                                         subsequent_indent=indent))
+                words.clear()
+
         for line in text.splitlines():
-            if line.startswith("  "):
-                if lines:
-                    paragraphs.append(textwrap.fill(" ".join(lines), width, initial_indent=indent,
-                                                    subsequent_indent=indent))
-                    lines = []
-                paragraphs.append(indent + line)
+            if line.startswith("  ") or line == "examples:" or not line.strip():
+                flush()
+                out.append(indent + line if line.strip() else "")
             else:
-                lines.append(line)
-        if lines:
-            paragraphs.append(textwrap.fill(" ".join(lines), width, initial_indent=indent,
-                                            subsequent_indent=indent))
-        return "\n".join(paragraphs)
+                words.append(line.strip())
+        flush()
+        return "\n".join(out)
 
     def _get_help_string(self, action):
         help_text = action.help or ""

@@ -12,7 +12,7 @@ import traceback
 from .. import __version__
 from ..config import BoolFlag, InvertedBoolFlag
 from ..errors import LMForgeError
-from .flags import HelpFormatter, add_spellings, expand_bool_flags
+from .flags import HelpFormatter, add_spellings, examples, expand_bool_flags
 
 # Subcommand -> (module exposing register(subparsers), one-line help). Only the module of the
 # command being run is imported, so `lmforge prepare` or `lmforge --help` never loads torch.
@@ -84,6 +84,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = Parser(
         prog="lmforge",
         description="Pretrain Transformer language models from raw text and use them.",
+        epilog="Every command: flags as --kebab-case or --snake_case; boolean flags bare or with "
+               "a value (--compile, --compile false); --out/-o for where results go; "
+               "`lmforge COMMAND --help` ends with examples.\n\n" + examples(
+                   "lmforge quickstart", "lmforge models", "lmforge pretrain --help"),
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"lmforge {__version__}",

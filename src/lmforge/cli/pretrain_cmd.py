@@ -11,7 +11,7 @@ from ..models.config import FIELD_HELP, ModelConfig
 from ..training import TrainConfig, load_run_config, pretrain
 from ..training.config import CHOICES
 from .flags import examples, objective_names
-from .summary import run_summary
+from .summary import print_run_summary
 
 MODEL_FLAGS_SKIP = ("dropout",)  # TrainConfig.dropout covers it
 
@@ -64,5 +64,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = config_from_args(args)
         result = pretrain(cfg, overwrite=args.overwrite)
-    print(run_summary("pretrain", cfg.out_dir, result, objective=cfg.objective))
+    print_run_summary("pretrain", cfg.out_dir, result, objective=cfg.objective)
     return 130 if result.get("interrupted") else 0

@@ -4,6 +4,7 @@ eval.json)."""
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
@@ -62,3 +63,9 @@ def run_summary(command: str, run_dir: str | Path, result: dict, *, task: str | 
     else:
         lines.append(f'next: lmforge generate --model {q} --prompt "Once upon a time"')
     return "\n".join(lines)
+
+
+def print_run_summary(command: str, run_dir: str | Path, result: dict, **kwargs) -> None:
+    """Print :func:`run_summary` once per job (rank 0 of a torchrun job)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(run_summary(command, run_dir, result, **kwargs))
