@@ -44,7 +44,9 @@ def test_every_command_is_walked(parser):
 def test_every_long_option_takes_both_spellings_and_help_shows_kebab_case(parser):
     checked = 0
     for name, p in parsers(parser):
+        epilog, p.epilog = p.epilog, None  # the top-level epilog states the convention itself
         help_text = p.format_help()  # also applies the spellings to the parser
+        p.epilog = epilog
         for action in p._actions:
             for option in action.option_strings:
                 if not option.startswith("--"):
@@ -285,3 +287,17 @@ def test_finetune_ends_with_a_human_summary(tmp_path):
     assert f"eval     {run / 'eval.json'}" in out and str(run / "confusion.png") in out
     assert out.strip().splitlines()[-1].startswith(f"next: lmforge predict --model {run} --data FILE")
     assert "\r" not in proc.stderr  # --progress asks for a bar, but stderr is not a terminal
+
+
+def test_pretrain_takes_model_args_like_finetune(parser, tmp_path, capsys):
+    from lmforge.cli.pretrain_cmd import config_from_args
+    config = tmp_path / "run.yaml"
+    config.write_text("data: d\nmodel_args: {n_layer: 6, n_head: 2}\n")
+    args = parse(parser, "pretrain", "--config", config, "--model-args", '{"n_layer": 2, "n_embd": 64}',
+                 "--n_embd", 96)
+    # file < --model-args < architecture flags
+    model_args = config_from_args(args).model_args
+    assert {k: int(v) for k, v in model_args.items()} == {"n_layer": 2, "n_head": 2, "n_embd": 96}
+    # --model-args is architecture: it cannot change when resuming.
+    assert main(["pretrain", "--resume", str(tmp_path), "--model_args", '{"n_layer": 2}']) == 2
+    assert "architecture flags cannot change" in capsys.readouterr().err
