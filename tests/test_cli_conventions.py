@@ -112,7 +112,8 @@ def test_help_shows_real_defaults_and_ends_with_examples(parser):
     assert "(default: 12)" not in pretrain
     assert "(default: ==SUPPRESS==)" not in pretrain
     finetune = " ".join(by_name["lmforge finetune"].format_help().split())
-    assert "(default: 3.0)" in finetune and "(default: runs/finetune)" in finetune
+    assert "examples per micro-batch (default: 32)" in finetune
+    assert "(default: runs/finetune)" in finetune
     for name, p in by_name.items():
         if name.count(" ") == 1 or name.startswith("lmforge tokenizer "):
             text = p.format_help()
@@ -149,6 +150,11 @@ def test_a_bare_bool_flag_does_not_eat_the_positional_after_it(parser):
     assert args.near_dedup is False and args.quiet is True and args.inputs == ["corpus.txt", "more.txt"]
     args = parse(parser, "tokenizer", "encode", "-t", "tok", "--add-special-tokens", "file.txt")
     assert args.add_special_tokens is True and args.file == "file.txt"
+    # 1/0 after a bool flag stay positionals where the command takes them (token ids here).
+    args = parse(parser, "tokenizer", "decode", "-t", "tok", "--skip-special-tokens", "1", "0")
+    assert args.skip_special_tokens is True and args.ids == ["1", "0"]
+    args = parse(parser, "tokenizer", "decode", "-t", "tok", "--skip-special-tokens=0", "1")
+    assert args.skip_special_tokens is False and args.ids == ["1"]
     args = parse(parser, "--debug", "models")
     assert args.debug is True and args.command == "models"
 

@@ -126,7 +126,8 @@ class BoolFlag(argparse.Action):
 
     def __init__(self, option_strings, dest, default=False, required=False, help=None,
                  invert: bool = False, metavar="BOOL", **kwargs):
-        kwargs.pop("nargs", None), kwargs.pop("const", None), kwargs.pop("type", None)
+        for fixed in ("nargs", "const", "type"):  # what store_true callers may pass along
+            kwargs.pop(fixed, None)
         super().__init__(option_strings, dest, nargs="?", const="true", default=default,
                          required=required, help=help, metavar=metavar, **kwargs)
         self.invert = invert

@@ -42,11 +42,15 @@ def add_spellings(parser: argparse.ArgumentParser) -> None:
 def expand_bool_flags(parser: argparse.ArgumentParser, args: list[str]) -> list[str]:
     """``--flag WORD`` -> ``--flag=WORD`` for a boolean flag followed by a true/false word, and a
     bare ``--flag`` -> ``--flag=true``, so no bool flag takes a positional as its value. Stops at
-    ``--`` and, in a parser with subcommands, at the subcommand (its own parser does the rest)."""
+    ``--`` and, in a parser with subcommands, at the subcommand (its own parser does the rest).
+    Where the command takes positionals, ``1``/``0`` after a flag stay positionals (`tokenizer
+    decode --skip-special-tokens 1 2` decodes ids 1 and 2); the words, or ``--flag=1``, still work."""
     commands = set()
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             commands.update(action.choices)
+    has_positionals = any(not a.option_strings for a in parser._actions)
+    words = [w for w in BOOL_WORDS if not (has_positionals and w.isdigit())]
     out, i = [], 0
     while i < len(args):
         word = args[i]
@@ -55,7 +59,7 @@ def expand_bool_flags(parser: argparse.ArgumentParser, args: list[str]) -> list[
         action = parser._option_string_actions.get(word)
         if isinstance(action, BoolFlag):
             following = args[i + 1] if i + 1 < len(args) else None
-            if following is not None and following.lower() in BOOL_WORDS:
+            if following is not None and following.lower() in words:
                 out.append(f"{word}={following}")
                 i += 2
                 continue
