@@ -199,7 +199,8 @@ def test_models_shows_each_presets_kind(capsys):
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:2] == ["preset", "kind"]
-    kinds = {line.split()[0]: line.split()[1] for line in lines[1:] if line.split() and line.split()[0] in PRESETS}
+    rows = [line.split() for line in lines[1:]]
+    kinds = {row[0]: row[1] for row in rows if row and row[0] in PRESETS}
     assert kinds == {name: preset(name).arch for name in PRESETS}
     assert {"decoder", "encoder", "encoder-decoder", "lstm"} <= set(kinds.values())
 

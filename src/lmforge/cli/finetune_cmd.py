@@ -21,7 +21,8 @@ def register(sub) -> None:
                     "(and confusion.png for classification). Every field is a flag; --config "
                     "reads a YAML/TOML file of the same fields.",
         epilog=examples(
-            "lmforge finetune --model models/all-MiniLM-L6-v2 --data train.tsv --val-data dev.tsv --out runs/sst2",
+            "lmforge finetune --model models/all-MiniLM-L6-v2 --data train.tsv --val-data dev.tsv "
+            "--out runs/sst2",
             "lmforge finetune --model runs/bert --task token-classification --data train.conll "
             "--val-data dev.conll --epochs 5 --out runs/ner",
             "lmforge finetune --resume runs/sst2"))

@@ -60,8 +60,9 @@ def read_text_file(path: str, what: str) -> str:
 
 def add_task_flags(p: argparse.ArgumentParser) -> None:
     """Flags of the commands that run a fine-tuned task model (`predict`, `evaluate`)."""
-    p.add_argument("--task", choices=task_names(), help="task of a model without a head (seq2seq, sft; default: the "
-                                  "task its fine-tuning run recorded)")
+    p.add_argument("--task", choices=task_names(),
+                   help="task of a model without a head (seq2seq, sft; default: the task its "
+                        "fine-tuning run recorded)")
     p.add_argument("--max-new-tokens", type=int, dest="max_new_tokens",
                    help="seq2seq/sft: tokens to generate (default: the run's task option)")
     p.add_argument("--num-beams", type=int, dest="num_beams",

@@ -24,8 +24,10 @@ def register(sub) -> None:
                     "file of the same fields; flags override the file. Architecture flags (and "
                     "--model-args) override the preset's values for a new model.",
         epilog=examples(
-            "lmforge pretrain --data data/shakespeare --model gpt-mini --max-steps 2000 --out runs/shakespeare",
-            "lmforge pretrain --data data/wiki --model bert-mini --objective mlm --n-layer 4 --out runs/bert",
+            "lmforge pretrain --data data/shakespeare --model gpt-mini --max-steps 2000 "
+            "--out runs/shakespeare",
+            "lmforge pretrain --data data/wiki --model bert-mini --objective mlm --n-layer 4 "
+            "--out runs/bert",
             "lmforge pretrain --resume runs/shakespeare --max-steps 4000"))
     p.add_argument("--config", help="YAML or TOML file of training fields")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly from its last checkpoint")

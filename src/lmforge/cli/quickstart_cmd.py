@@ -11,7 +11,8 @@ def register(sub) -> None:
                        description="Tokenizer -> prepare -> pretrain -> generate on the packaged "
                                    "Tiny Shakespeare (or --corpus), in a few minutes on a CPU.",
                        epilog=examples("lmforge quickstart",
-                                       "lmforge quickstart --corpus my-novel.txt --max-steps 300 --out runs/novel"))
+                                       "lmforge quickstart --corpus my-novel.txt --max-steps 300 "
+                                       "--out runs/novel"))
     add_out_flag(p, default="runs/quickstart", help="folder for everything it makes")
     p.add_argument("--corpus", help="a text file to use instead of Tiny Shakespeare")
     p.add_argument("--max-steps", type=int, default=900, help="training steps")

@@ -45,7 +45,8 @@ def _register_train(actions: argparse._SubParsersAction) -> None:
         description="Train a tokenizer on text files or folders (.txt, .jsonl, .parquet, .gz) "
                     "and write OUT/tokenizer.json.",
         epilog=examples("lmforge tokenizer train shakespeare.txt --vocab-size 1024 --out tok/",
-                        "lmforge tokenizer train wiki/ --kind wordpiece --vocab-size 30522 --lowercase --out bert-tok/",
+                        "lmforge tokenizer train wiki/ --kind wordpiece --vocab-size 30522 "
+                        "--lowercase --out bert-tok/",
                         "lmforge tokenizer train input.txt --kind char --out char-tok/"))
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="training files or folders, - for stdin")
     p.add_argument("--kind", choices=KINDS, default="bpe",

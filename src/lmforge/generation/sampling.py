@@ -250,9 +250,9 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     have stopped. ``seed`` makes sampling reproducible; the sampling settings are those of
     :func:`sample_next`. Put the model in eval mode first (dropout). ``precision`` is "fp32"
     (the default), "auto" (bf16 autocast where the hardware runs it fast), "bf16" or "fp16"; a
-    model loaded in a lower dtype runs in that dtype. ``compile`` runs the one-token steps after the prompt through
-    :func:`compiled_decoder` (the first call compiles: worth it for long or repeated generation
-    with fixed weights).
+    model loaded in a lower dtype runs in that dtype. ``compile`` runs the one-token steps after
+    the prompt through :func:`compiled_decoder` (the first call compiles: worth it for long or
+    repeated generation with fixed weights).
 
     Context: the sequence never exceeds ``model.config.context_length``. A prompt longer than
     context_length - 1 is cropped from the left (keeping its end) with a warning, and generation

@@ -27,8 +27,8 @@ import torch
 from ..errors import ConfigError, LMForgeError
 from ..training.runtime import INFERENCE_PRECISION, autocast, resolve_precision
 from .sampling import (DEFAULT_TEMPERATURE, DEFAULT_TOP_K, Completion, StreamCallback,
-                       _check_prompts, _next_logits, plan_decoding, _record, check_sampling_args, generate, left_pad, positions_from_mask,
-                       sample_next)
+                       _check_prompts, _next_logits, _record, check_sampling_args, generate,
+                       left_pad, plan_decoding, positions_from_mask, sample_next)
 
 log = logging.getLogger(__name__)
 

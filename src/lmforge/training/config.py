@@ -74,7 +74,7 @@ class TrainConfig:
     export_best: bool = _help("export the best checkpoint's weights as the run's model (default: the last)", False)
     peak_tflops: float = _help("device peak TFLOP/s for the MFU estimate (0 = measure/guess)", 0.0)
     tensorboard: bool = _help("write TensorBoard event files", True)
-    progress: bool = _help("show a progress bar on a terminal (in a log file or pipe: step lines)", True)
+    progress: bool = _help("progress bar on a terminal (in a log file or a pipe: step lines)", True)
 
     def validate(self) -> "TrainConfig":
         positive = ("batch_size", "grad_accum", "max_steps", "eval_batches",
