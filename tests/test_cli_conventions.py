@@ -150,6 +150,8 @@ def test_a_bare_bool_flag_does_not_eat_the_positional_after_it(parser):
     assert args.near_dedup is False and args.quiet is True and args.inputs == ["corpus.txt", "more.txt"]
     args = parse(parser, "tokenizer", "encode", "-t", "tok", "--add-special-tokens", "file.txt")
     assert args.add_special_tokens is True and args.file == "file.txt"
+    args = parse(parser, "prepare", "--collapse", "corpus.txt", "-t", "tok", "-o", "out")  # abbreviated
+    assert args.collapse_whitespace is True and args.inputs == ["corpus.txt"]
     # 1/0 after a bool flag stay positionals where the command takes them (token ids here).
     args = parse(parser, "tokenizer", "decode", "-t", "tok", "--skip-special-tokens", "1", "0")
     assert args.skip_special_tokens is True and args.ids == ["1", "0"]

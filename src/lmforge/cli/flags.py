@@ -57,6 +57,9 @@ def expand_bool_flags(parser: argparse.ArgumentParser, args: list[str]) -> list[
         if word == "--" or word in commands:
             return out + args[i:]
         action = parser._option_string_actions.get(word)
+        if action is None and word.startswith("--") and "=" not in word and parser.allow_abbrev:
+            matches = parser._get_option_tuples(word)  # an abbreviation such as --near
+            action = matches[0][0] if len(matches) == 1 else None
         if isinstance(action, BoolFlag):
             following = args[i + 1] if i + 1 < len(args) else None
             if following is not None and following.lower() in words:
