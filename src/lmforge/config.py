@@ -1,8 +1,8 @@
 """Typed dataclass configs: load from YAML/TOML, override from CLI flags, validate, save.
 
-Every config is a plain dataclass. ``build_parser_args`` turns its fields into argparse flags of
-the same name (``--batch_size`` and ``--batch-size``), so a saved YAML file and a command line
-are interchangeable, litgpt-style.
+Every config is a plain dataclass. ``add_dataclass_flags`` turns its fields into argparse flags of
+the same name (``--batch-size``; the CLI's parser also takes ``--batch_size``), so a saved YAML
+file and a command line are interchangeable, litgpt-style.
 """
 
 from __future__ import annotations
@@ -115,25 +115,81 @@ def save_yaml(obj: Any, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
+BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
+
+
+class BoolFlag(argparse.Action):
+    """A boolean flag that works bare (``--compile``) and with a value (``--compile false``,
+    ``--compile=yes``); ``invert`` makes a ``--no-x`` flag that stores the opposite.
+
+    The CLI's parser turns ``--flag WORD`` into ``--flag=WORD`` before parsing, so a bare flag
+    never takes the positional argument after it as its value."""
+
+    def __init__(self, option_strings, dest, default=False, required=False, help=None,
+                 invert: bool = False, metavar="BOOL", **kwargs):
+        for fixed in ("nargs", "const", "type"):  # what store_true callers may pass along
+            kwargs.pop(fixed, None)
+        super().__init__(option_strings, dest, nargs="?", const="true", default=default,
+                         required=required, help=help, metavar=metavar, **kwargs)
+        self.invert = invert
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            value = _parse_bool(values)
+        except ValueError:
+            parser.error(f"argument {'/'.join(self.option_strings)}: expected true or false, "
+                         f"got {values!r}")
+        setattr(namespace, self.dest, not value if self.invert else value)
+
+
+class InvertedBoolFlag(BoolFlag):
+    """``action="store_false"`` as a :class:`BoolFlag`: ``--no-dedup`` stores False."""
+
+    def __init__(self, option_strings, dest, default=True, **kwargs):
+        super().__init__(option_strings, dest, default=default, invert=True, **kwargs)
+
+
+def add_alias(container, action: argparse.Action, *names: str) -> None:
+    """Accept ``names`` as further spellings of ``action`` without listing them in --help."""
+    for name in names:
+        container._option_string_actions.setdefault(name, action)
+
+
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, group: str | None = None,
-                        skip: tuple[str, ...] = ()) -> None:
-    """Add one flag per field of ``cls``; defaults are SUPPRESS so only given flags appear."""
+                        skip: tuple[str, ...] = (), choices: dict[str, tuple] | None = None,
+                        helps: dict[str, str] | None = None, default_note: str | None = None,
+                        names: dict[str, tuple[str, ...]] | None = None) -> None:
+    """Add one flag per field of ``cls``; defaults are SUPPRESS so only given flags appear.
+
+    A field's help is its ``help`` metadata (or ``helps[name]``); its choices its ``choices``
+    metadata (or ``choices[name]``). ``default_note`` replaces the shown default (e.g. "from the
+    preset" for architecture fields a preset fills). ``names`` gives a field other option
+    strings: the first ones are listed, the field's own name stays a hidden alias."""
     target = parser.add_argument_group(group) if group else parser
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        flags = [f"--{f.name}"]
-        if "_" in f.name:
-            flags.append(f"--{f.name.replace('_', '-')}")
         base = _base_type(hints[f.name])
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help") or (helps or {}).get(f.name, "")
+        field_choices = f.metadata.get("choices") or (choices or {}).get(f.name)
         default = f.default if f.default is not dataclasses.MISSING else None
-        if default is not None and default != "":
-            help_text = f"{help_text} (default: {default})".strip()
-        metavar = getattr(base, "__name__", "VALUE").upper() if base is not bool else "BOOL"
-        target.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, help=help_text,
-                            metavar=metavar, type=str)
+        if default_note:
+            help_text = f"{help_text} (default: {default_note})".strip()
+        elif default is not None and default != "" and "default" not in help_text:
+            help_text = f"{help_text} (default: {str(default).lower() if base is bool else default})".strip()
+        own = f"--{f.name.replace('_', '-')}"
+        flags = list((names or {}).get(f.name, ())) or [own]
+        if base is bool:
+            action = target.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS,
+                                         help=help_text, action=BoolFlag)
+        else:
+            metavar = getattr(base, "__name__", "VALUE").upper()
+            action = target.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS,
+                                         help=help_text, metavar=None if field_choices else metavar,
+                                         type=str, choices=field_choices)
+        if own not in flags:
+            add_alias(target, action, own)
 
 
 def flags_to_dict(ns: argparse.Namespace, cls: type) -> dict[str, Any]:

@@ -39,6 +39,11 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+# Default of every inference entry point, CLI and Python alike: greedy output then equals fp32
+# transformers'; "auto" (bf16 autocast where fast) is opt-in speed.
+INFERENCE_PRECISION = "fp32"
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' picks bf16 autocast where the hardware runs it fast, else fp32."""
     if precision == "auto":

@@ -6,6 +6,7 @@ import argparse
 
 from ..config import add_dataclass_flags, flags_to_dict, from_dict, load_file
 from ..evaluation.compare import RESULT_JSON, RESULT_PNG, CompareConfig, compare, format_table
+from .flags import examples
 
 
 def register(sub) -> None:
@@ -17,12 +18,13 @@ def register(sub) -> None:
                     f"perplexity, parameters and training time; writes {RESULT_JSON} and "
                     f"{RESULT_PNG} into --out. Every field is a flag; --config reads a YAML/TOML "
                     "file of the same fields.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog=examples("lmforge compare data/wikitext2 --out runs/compare",
+                        "lmforge compare data/wikitext2 --ngram-orders 3,5 --lstm-steps 0 --gpt-steps 300"))
     p.add_argument("data", nargs="?", help="prepared dataset folder (train and val splits)")
     p.add_argument("--config", help="YAML or TOML file of compare fields")
-    p.add_argument("-o", dest="out", default=argparse.SUPPRESS, help="same as --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    add_dataclass_flags(p, CompareConfig, skip=("data",))
+    add_dataclass_flags(p, CompareConfig, skip=("data",), names={"out": ("--out", "-o")},
+                        choices={"precision": ("auto", "fp32", "bf16")})
     p.set_defaults(func=run)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, DataError
+from .flags import add_out_flag, examples
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
@@ -18,9 +19,14 @@ def register(sub) -> None:
                     "safetensors weights, or .gguf file) with its tokenizer and write it in "
                     "another format. Hugging Face output loads with transformers' "
                     "AutoModel*/AutoTokenizer.from_pretrained; GGUF output (decoders only) with "
-                    "llama.cpp tools and the gguf package.")
+                    "llama.cpp tools and the gguf package.",
+        epilog=examples("lmforge convert runs/shakespeare/model --out hf/shakespeare",
+                        "lmforge convert runs/shakespeare --out shakespeare.gguf --dtype q8_0",
+                        "lmforge convert models/gpt2 gpt2-lmforge --to lmforge"))
     p.add_argument("src", help="model folder, run folder or .gguf file")
-    p.add_argument("out", help="output folder (lmforge, hf) or .gguf file")
+    p.add_argument("out_positional", nargs="?", metavar="OUT",
+                   help="output folder (lmforge, hf) or .gguf file (or give it as --out)")
+    add_out_flag(p, metavar="OUT", help="output folder (lmforge, hf) or .gguf file")
     p.add_argument("--to", choices=("lmforge", "hf", "gguf"),
                    help="output format (default: hf for an lmforge source, else lmforge; "
                         "gguf when OUT ends in .gguf)")
@@ -38,7 +44,11 @@ def run(args) -> int:
     from ..hub import load_model
     from ..models.io import save_pretrained
 
-    src, out = Path(args.src), Path(args.out)
+    if args.out and args.out_positional and args.out != args.out_positional:
+        raise ConfigError("give the output once: OUT or --out, not both")
+    if not (args.out or args.out_positional):
+        raise ConfigError("no output given: pass --out OUT (a folder, or a .gguf file)")
+    src, out = Path(args.src), Path(args.out or args.out_positional)
     if not src.exists():
         raise DataError(f"model not found: {src}")
     to = args.to or ("gguf" if out.suffix == ".gguf" else

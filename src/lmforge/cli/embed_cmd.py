@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import DataError, LMForgeError
 from ..evaluation.embeddings import POOLINGS, embed
+from .flags import add_out_flag, examples
 from .inference import add_model_flags, load_model_and_tokenizer, read_text_file
 
 OUTPUT_SUFFIXES = (".npy", ".jsonl")
@@ -20,22 +21,24 @@ def register(sub) -> None:
     p = sub.add_parser(
         "embed", help="sentence embeddings to .npy or JSONL",
         description="Embed sentences, one per line of --input (or stdin; blank lines skipped), "
-                    "with a trained model's final hidden states. --output ending in .npy writes "
+                    "with a trained model's final hidden states. --out ending in .npy writes "
                     "a float32 array (N x d) whose rows follow the input lines; .jsonl (or no "
-                    "--output: stdout) writes {\"text\", \"embedding\"} per line. Encoders "
+                    "--out: stdout) writes {\"text\", \"embedding\"} per line. Encoders "
                     "support all poolings; decoders and LSTMs mean pooling only.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_model_flags(p, precision="fp32")
+        epilog=examples(
+            "lmforge embed --model runs/bert/model --input sentences.txt --out vectors.npy",
+            "echo 'a sentence' | lmforge embed --model runs/bert/model --pooling cls --normalize"))
+    add_model_flags(p)
     p.add_argument("--input", metavar="PATH",
                    help="a text file, one sentence per line; without it, stdin")
-    p.add_argument("--output", "-o", metavar="OUT.npy|OUT.jsonl",
-                   help="where to write, by suffix; without it, JSONL on stdout")
+    add_out_flag(p, aliases=("--output",), metavar="OUT.npy|OUT.jsonl",
+                 help="where to write, by suffix; without it, JSONL on stdout (also --output)")
     p.add_argument("--pooling", default="mean", choices=POOLINGS,
                    help="mean of the token vectors (padding excluded), the [CLS] vector, or "
                         "[CLS] through BERT's pooler (dense + tanh)")
     p.add_argument("--normalize", action="store_true", help="scale each vector to unit L2 norm")
-    p.add_argument("--batch-size", "--batch_size", type=int, default=32)
-    p.add_argument("--max-length", "--max_length", type=int,
+    p.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass")
+    p.add_argument("--max-length", type=int,
                    help="truncate each sentence to this many tokens, [CLS]/[SEP] included "
                         "(default: the model's context)")
     p.set_defaults(func=run)
@@ -56,7 +59,7 @@ def read_sentences(path: str | None) -> list[str]:
 
 def check_output(path: str | None) -> None:
     if path is not None and Path(path).suffix.lower() not in OUTPUT_SUFFIXES:
-        raise LMForgeError(f"--output must end in {' or '.join(OUTPUT_SUFFIXES)}, got {path}")
+        raise LMForgeError(f"--out must end in {' or '.join(OUTPUT_SUFFIXES)}, got {path}")
 
 
 def write_jsonl(sentences: list[str], vectors: np.ndarray, out) -> None:
@@ -65,15 +68,15 @@ def write_jsonl(sentences: list[str], vectors: np.ndarray, out) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_output(args.output)
+    check_output(args.out)
     sentences = read_sentences(args.input)
     model, tokenizer = load_model_and_tokenizer(args)
     vectors = embed(model, tokenizer, sentences, pooling=args.pooling, normalize=args.normalize,
                     batch_size=args.batch_size, max_length=args.max_length, precision=args.precision)
-    if args.output is None:
+    if args.out is None:
         write_jsonl(sentences, vectors, sys.stdout)
         return 0
-    path = Path(args.output)
+    path = Path(args.out)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix.lower() == ".npy":

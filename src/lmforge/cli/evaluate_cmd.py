@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .flags import add_out_flag, examples
 from .inference import add_model_flags, add_task_flags, load_task
 
 
@@ -12,12 +13,16 @@ def register(sub) -> None:
     p = sub.add_parser(
         "evaluate", help="metrics of a fine-tuned model on a labeled file",
         description="Score a fine-tuned task model on a labeled file in its task's format; print "
-                    "the metrics as a table and save them as JSON.")
-    add_model_flags(p, precision="auto")
-    p.add_argument("--data", required=True, help="labeled file")
-    p.add_argument("--output", "-o", help="JSON file for the metrics")
+                    "the metrics as a table and save them as JSON.",
+        epilog=examples("lmforge evaluate --model runs/sst2 --data data/sst2/dev.tsv",
+                        "lmforge evaluate --model runs/ner --data test.conll --out test-metrics.json"))
+    add_model_flags(p)
+    p.add_argument("--data", required=True, help="labeled file in the task's format")
+    add_out_flag(p, aliases=("--output",), metavar="FILE",
+                 help="JSON file for the metrics (also --output)")
     add_task_flags(p)
-    p.add_argument("--label-column", dest="label_column")
+    p.add_argument("--label-column", dest="label_column",
+                   help="label column/field (default: label, score, ...)")
     p.set_defaults(func=run)
 
 
@@ -40,7 +45,7 @@ def run(args) -> int:
     print(f"{args.data}: {len(rows)} examples{windows}")
     for k, v in metrics.items():
         print(f"  {k:<{width}}  {v:.4f}")
-    if args.output:
-        Path(args.output).write_text(json.dumps({"data": args.data, "examples": len(rows),
+    if args.out:
+        Path(args.out).write_text(json.dumps({"data": args.data, "examples": len(rows),
                                                  **metrics}, indent=2) + "\n")
     return 0

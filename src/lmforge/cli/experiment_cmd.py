@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
-
 from ..config import add_dataclass_flags, flags_to_dict, from_dict, load_file
 from ..errors import ConfigError
+from ..training.config import CHOICES
+from .flags import examples, task_names
 
 
 def register(sub) -> None:
@@ -14,15 +14,18 @@ def register(sub) -> None:
         "experiment", help="pretrain-vs-scratch: fine-tune from a checkpoint and from random init",
         description="pretrain-vs-scratch: fine-tune --model as is and re-initialized (same "
                     "architecture, tokenizer, data and budget), once per seed; print the final "
-                    "metrics and the gap, and write OUT_DIR/experiment.json and curves.png. Takes "
+                    "metrics and the gap, and write OUT/experiment.json and curves.png. Takes "
                     "every `lmforge finetune` flag.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("name", choices=["pretrain-vs-scratch"])
+        epilog=examples("lmforge experiment pretrain-vs-scratch --model runs/bert --data train.tsv "
+                        "--val-data dev.tsv --epochs 2 --seeds 1,2 --out runs/pvs"))
+    p.add_argument("name", choices=["pretrain-vs-scratch"], help="the experiment to run")
     p.add_argument("--config", help="YAML or TOML file of fine-tuning fields")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds")
     p.add_argument("--overwrite", action="store_true", help="replace existing run folders")
     add_dataclass_flags(p, FinetuneConfig, skip=("objective", "objective_args", "sampling",
-                                                 "eval_batches", "from_scratch"))
+                                                 "eval_batches", "from_scratch"),
+                        choices={**CHOICES, "task": task_names()},
+                        names={"out_dir": ("--out", "-o")})
     p.set_defaults(func=run)
 
 

@@ -8,6 +8,7 @@ import sys
 
 from ..errors import DataError, LMForgeError
 from ..evaluation.fill_mask import Prediction, fill_in, fill_mask
+from .flags import examples
 from .inference import add_model_flags, load_model_and_tokenizer, read_text_file
 
 
@@ -19,12 +20,14 @@ def register(sub) -> None:
                     "text filled in with the top guesses. Texts come from --text, --file (one "
                     "per line) or stdin (one per line). Several masks in one text are guessed "
                     "independently, each with the others still masked.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_model_flags(p, precision="fp32")
+        epilog=examples(
+            'lmforge fill-mask --model models/bert-base-uncased --text "Paris is the [MASK] of France."',
+            "lmforge fill-mask --model runs/bert --file masked.txt --top-k 10 --json"))
+    add_model_flags(p)
     p.add_argument("--text", action="extend", nargs="+", metavar="TEXT",
                    help='text(s) with [MASK], e.g. "The capital of France is [MASK]."')
     p.add_argument("--file", metavar="PATH", help="a file of texts, one per line (blank lines skipped)")
-    p.add_argument("--top-k", "--top_k", type=int, default=5, help="guesses per mask")
+    p.add_argument("--top-k", type=int, default=5, help="guesses per mask")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per text (JSONL): text, filled, masks")
     p.set_defaults(func=run)

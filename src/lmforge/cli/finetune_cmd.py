@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..config import add_dataclass_flags, flags_to_dict, from_dict, load_file
 from ..errors import ConfigError
+from ..training.config import CHOICES
+from .flags import examples, task_names
+from .summary import print_run_summary
 
 
 def register(sub) -> None:
@@ -15,17 +17,23 @@ def register(sub) -> None:
         "finetune", help="fine-tune a pretrained model on a labeled task",
         description="Fine-tune --model (lmforge or Hugging Face folder, run folder, .gguf, or a "
                     "preset with --tokenizer) on --task with a training file and a validation "
-                    "file. Writes the best model to OUT_DIR/model, metrics to OUT_DIR/eval.json "
+                    "file. Writes the best model to OUT/model, metrics to OUT/eval.json "
                     "(and confusion.png for classification). Every field is a flag; --config "
                     "reads a YAML/TOML file of the same fields.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog=examples(
+            "lmforge finetune --model models/all-MiniLM-L6-v2 --data train.tsv --val-data dev.tsv "
+            "--out runs/sst2",
+            "lmforge finetune --model runs/bert --task token-classification --data train.conll "
+            "--val-data dev.conll --epochs 5 --out runs/ner",
+            "lmforge finetune --resume runs/sst2"))
     p.add_argument("--config", help="YAML or TOML file of fine-tuning fields")
-    p.add_argument("--seeds", help="comma-separated seeds: one run per seed under OUT_DIR/seed-N, "
+    p.add_argument("--seeds", help="comma-separated seeds: one run per seed under OUT/seed-N, "
                                    "then mean and std of the validation metrics")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     add_dataclass_flags(p, FinetuneConfig, skip=("objective", "objective_args", "sampling",
-                                                 "eval_batches"))
+                                                 "eval_batches"),
+                        choices={**CHOICES, "task": task_names()}, names={"out_dir": ("--out", "-o")})
     p.set_defaults(func=run)
 
 
@@ -51,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
         result = finetune(cfg, seeds, overwrite=args.overwrite)
     if seeds:
         print(format_summary(result))
+        print(f"runs: {cfg.out_dir}/seed-N; mean and std in {cfg.out_dir}/summary.json")
         return 0
-    summary = {k: v for k, v in result.items()
-               if k.startswith("val_") or k in ("step", "best_step", "interrupted")}
-    print(json.dumps(summary))
+    print_run_summary("finetune", cfg.out_dir, result)
     return 130 if result.get("interrupted") else 0

@@ -8,6 +8,8 @@ import sys
 
 from ..errors import LMForgeError
 from ..generation import TextCompletion, generate_text
+from ..generation.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
+from .flags import examples
 from .inference import add_model_flags, load_model_and_tokenizer, read_text_file
 
 SEPARATOR = "-" * 40
@@ -19,33 +21,35 @@ def register(sub) -> None:
         description="Continue one or more prompts with a trained model (an encoder-decoder "
                     "reads each prompt as its input and writes its output). A single prompt is "
                     "streamed to stdout as it is generated; several print one completion each.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_model_flags(p, precision="auto")
+        epilog=examples('lmforge generate --model runs/shakespeare --prompt "ROMEO:" --max-new-tokens 100',
+                        'lmforge generate --model models/gpt2 --prompt "The meaning of life is" --greedy',
+                        "lmforge generate --model runs/t5 --prompts-file inputs.txt --num-beams 4 --json"))
+    add_model_flags(p)
     p.add_argument("--prompt", action="extend", nargs="+", metavar="TEXT",
                    help="prompt text (several for a batch); '-' reads the prompt from stdin")
-    p.add_argument("--prompts-file", "--prompts_file", metavar="FILE",
+    p.add_argument("--prompts-file", metavar="FILE",
                    help="a file of prompts, one per line (blank lines skipped)")
-    p.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", "--top_k", type=int, default=200,
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate per completion")
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
                    help="sample among the k most likely tokens")
-    p.add_argument("--top-p", "--top_p", type=float, default=None,
+    p.add_argument("--top-p", type=float, default=None,
                    help="nucleus sampling: the smallest set of tokens with this probability")
-    p.add_argument("--repetition-penalty", "--repetition_penalty", type=float, default=1.0,
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="> 1 discourages tokens already in the text (CTRL)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    p.add_argument("--num-beams", "--num_beams", type=int, default=1,
+    p.add_argument("--num-beams", type=int, default=1,
                    help="beam search with this many beams (> 1; sampling flags are then unused)")
-    p.add_argument("--length-penalty", "--length_penalty", type=float, default=1.0,
+    p.add_argument("--length-penalty", type=float, default=1.0,
                    help="beam search: score = log-probability / length**PENALTY; > 0 favours "
                         "longer outputs, < 0 shorter")
     p.add_argument("--stop", action="extend", nargs="+", metavar="STR",
                    help="stop when the completion contains STR (cut before it); in bash, "
                         "$'\\n\\n' gives a blank line")
     p.add_argument("--seed", type=int, help="make sampling reproducible")
-    p.add_argument("--num-samples", "--num_samples", type=int, default=1,
+    p.add_argument("--num-samples", type=int, default=1,
                    help="completions per prompt")
-    p.add_argument("--no-stream", "--no_stream", action="store_true",
+    p.add_argument("--no-stream", action="store_true",
                    help="print a single completion only when it is finished")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile a decoder's one-token steps (sampling and greedy): the "

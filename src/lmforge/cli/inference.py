@@ -11,20 +11,23 @@ from tokenizers import Tokenizer
 from ..errors import DataError, LMForgeError
 from ..hub import load_model
 from ..tokenization import load_tokenizer
-from ..runtime import resolve_device
+from ..runtime import INFERENCE_PRECISION, resolve_device
+from .flags import task_names
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def add_model_flags(p: argparse.ArgumentParser, precision: str) -> None:
-    """--model, --tokenizer, --device and --precision (default ``precision``)."""
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """--model, --tokenizer, --device and --precision (default fp32, as in every inference
+    command)."""
     p.add_argument("--model", required=True, metavar="DIR",
                    help="model folder (lmforge or Hugging Face), training run folder, or .gguf file")
     p.add_argument("--tokenizer", metavar="PATH",
                    help="tokenizer.json or tokenizer folder, if not the one saved beside the model")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--precision", default=precision, choices=PRECISIONS,
-                   help="auto = bf16 autocast where the hardware runs it fast, else fp32")
+    p.add_argument("--precision", default=INFERENCE_PRECISION, choices=PRECISIONS,
+                   help="fp32 matches transformers' fp32 output; auto = bf16 autocast where the "
+                        "hardware runs it fast (faster, may change greedy output)")
 
 
 def load_model_and_tokenizer(args: argparse.Namespace) -> tuple[torch.nn.Module, Tokenizer]:
@@ -57,18 +60,22 @@ def read_text_file(path: str, what: str) -> str:
 
 def add_task_flags(p: argparse.ArgumentParser) -> None:
     """Flags of the commands that run a fine-tuned task model (`predict`, `evaluate`)."""
-    p.add_argument("--task", help="task of a model without a head (seq2seq, sft; default: the "
-                                  "task its fine-tuning run recorded)")
+    p.add_argument("--task", choices=task_names(),
+                   help="task of a model without a head (seq2seq, sft; default: the task its "
+                        "fine-tuning run recorded)")
     p.add_argument("--max-new-tokens", type=int, dest="max_new_tokens",
                    help="seq2seq/sft: tokens to generate (default: the run's task option)")
     p.add_argument("--num-beams", type=int, dest="num_beams",
                    help="seq2seq/sft: beam search width, 1 = greedy (default: the run's)")
     p.add_argument("--task-args", dest="task_args",
                    help="seq2seq/sft task options as JSON, over those the run recorded")
-    p.add_argument("--text-column", dest="text_column")
-    p.add_argument("--text-pair-column", dest="text_pair_column")
-    p.add_argument("--encoding", default="utf-8")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--text-column", dest="text_column",
+                   help="text column/field (default: the one the run trained on, or sentence, "
+                        "text, sentence1, ...)")
+    p.add_argument("--text-pair-column", dest="text_pair_column",
+                   help="second text of a pair (default: sentence2, ... if present)")
+    p.add_argument("--encoding", default="utf-8", help="encoding of the input file")
+    p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass")
 
 
 def load_task(args: argparse.Namespace):

@@ -9,7 +9,10 @@ import re
 import sys
 import traceback
 
+from .. import __version__
+from ..config import BoolFlag, InvertedBoolFlag
 from ..errors import LMForgeError
+from .flags import HelpFormatter, add_spellings, examples, expand_bool_flags
 
 # Subcommand -> (module exposing register(subparsers), one-line help). Only the module of the
 # command being run is imported, so `lmforge prepare` or `lmforge --help` never loads torch.
@@ -37,11 +40,39 @@ COMMAND_MODULES = [module for module, _ in COMMANDS.values()]
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors and negative numbers like ``-1e-3`` as values."""
+    """argparse with one-line usage errors, negative numbers like ``-1e-3`` as values, and the
+    flag convention of :mod:`.flags` (both spellings, boolean flags bare or with a value,
+    examples kept as written in --help)."""
 
     def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+        # store_true/store_false flags, in groups too (they share the registry), become BoolFlags.
+        self.register("action", "store_true", BoolFlag)
+        self.register("action", "store_false", InvertedBoolFlag)
+
+    def parse_known_args(self, args=None, namespace=None):
+        add_spellings(self)
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(expand_bool_flags(self, args), namespace)
+
+    def format_help(self) -> str:
+        add_spellings(self)
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        add_spellings(self)
+        return super().format_usage()
+
+    def _get_option_tuples(self, option_string):
+        """Abbreviations: one match per flag, though each flag has two spellings."""
+        seen, unique = set(), []
+        for match in super()._get_option_tuples(option_string):
+            if id(match[0]) not in seen:
+                seen.add(id(match[0]))
+                unique.append(match)
+        return unique
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -53,8 +84,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = Parser(
         prog="lmforge",
         description="Pretrain Transformer language models from raw text and use them.",
+        epilog="Every command: flags as --kebab-case or --snake_case; boolean flags bare or with "
+               "a value (--compile, --compile false); --out/-o for where results go; "
+               "`lmforge COMMAND --help` ends with examples.\n\n" + examples(
+                   "lmforge quickstart", "lmforge models", "lmforge pretrain --help"),
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"lmforge {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         if only is not None and name != only:

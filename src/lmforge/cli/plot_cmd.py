@@ -6,13 +6,16 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..training.plots import plot_loss
+from .flags import add_out_flag, examples
 
 
 def register(sub) -> None:
     p = sub.add_parser("plot", help="draw a run's train/validation loss curve as PNG",
-                       description="Read RUN_DIR/metrics.jsonl and write RUN_DIR/loss.png.")
-    p.add_argument("run_dir", help="a run folder made by `lmforge pretrain`")
-    p.add_argument("--out", help="PNG path (default RUN_DIR/loss.png)")
+                       description="Read RUN_DIR/metrics.jsonl and write RUN_DIR/loss.png.",
+                       epilog=examples("lmforge plot runs/shakespeare",
+                                       "lmforge plot runs/shakespeare --out shakespeare-loss.png"))
+    p.add_argument("run_dir", help="a run folder made by `lmforge pretrain` or `lmforge finetune`")
+    add_out_flag(p, metavar="PNG", help="PNG path (default RUN_DIR/loss.png)")
     p.set_defaults(func=run)
 
 

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import DataError
+from .flags import add_out_flag, examples
 from .inference import add_model_flags, add_task_flags, load_task
 
 
@@ -18,10 +19,13 @@ def register(sub) -> None:
                     "not needed) or stdin (one text per line, a TAB before the second text of a "
                     "pair; JSON lines for token classification and QA) and write one JSON object "
                     "per example: label and probabilities, a score, entities with character "
-                    "offsets, or an answer span with its score.")
-    add_model_flags(p, precision="auto")
+                    "offsets, or an answer span with its score.",
+        epilog=examples("lmforge predict --model runs/sst2 --data reviews.tsv --out predictions.jsonl",
+                        "echo 'a gripping, funny film' | lmforge predict --model runs/sst2"))
+    add_model_flags(p)
     p.add_argument("--data", default="-", help="input file, or - for stdin (default)")
-    p.add_argument("--output", "-o", help="JSONL output file (default: stdout)")
+    add_out_flag(p, aliases=("--output",), metavar="FILE",
+                 help="JSONL output file (default: stdout; also --output)")
     add_task_flags(p)
     p.set_defaults(func=run)
 
@@ -50,13 +54,13 @@ def run(args) -> int:
     path = stdin_file(objective.name) if args.data == "-" else Path(args.data)
     examples = objective.read(str(path), labeled=False)
     predictions = objective.predict(model, examples, args.batch_size, device, autocast_ctx)
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     try:
         for example, prediction in zip(examples, predictions):
             out.write(json.dumps({**objective.describe(example), **prediction}, ensure_ascii=False) + "\n")
     finally:
-        if args.output:
+        if args.out:
             out.close()
-    if args.output:
-        print(f"wrote {len(predictions)} predictions to {args.output}", file=sys.stderr)
+    if args.out:
+        print(f"wrote {len(predictions)} predictions to {args.out}", file=sys.stderr)
     return 0

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from ..data.prepare import PrepareOptions, prepare_corpus
+from .flags import add_out_flag, examples
 
 _DEFAULTS = PrepareOptions()
 
@@ -18,11 +19,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "prepare", help="clean, deduplicate and tokenize a corpus into binary shards",
         description="Stream .txt/.jsonl/.parquet files (or .gz of txt/jsonl, folders, - for "
                     "stdin), clean and deduplicate the documents, tokenize them in parallel and "
-                    "write OUT/train-*.bin, OUT/val-*.bin, OUT/tokenizer.json and OUT/meta.json.")
+                    "write OUT/train-*.bin, OUT/val-*.bin, OUT/tokenizer.json and OUT/meta.json.",
+        epilog=examples(
+            "lmforge prepare shakespeare.txt --tokenizer tok/ --out data/shakespeare",
+            "lmforge prepare corpus/ --tokenizer tok/ --split-on-blank-lines --near-dedup --out data/corpus",
+            "zcat dump.jsonl.gz | lmforge prepare - --tokenizer tok/ --text-field body --out data/dump"))
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="corpus files or folders, - for stdin")
     p.add_argument("--tokenizer", "-t", required=True, metavar="PATH",
                    help="tokenizer.json or a tokenizer folder (see `lmforge tokenizer`)")
-    p.add_argument("--out", "-o", required=True, metavar="DIR", help="output dataset folder")
+    add_out_flag(p, required=True, metavar="DIR", help="output dataset folder")
 
     read = p.add_argument_group("reading")
     split = read.add_mutually_exclusive_group()

@@ -6,6 +6,7 @@ import argparse
 import time
 
 from ..data.prepare import merge_prepared
+from .flags import add_out_flag, examples
 from .prepare_cmd import format_summary
 
 
@@ -15,9 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Join the part folders of `lmforge prepare --num-parts K --part I` (or any "
                     "datasets prepared with the same tokenizer) into OUT: shards renumbered in "
                     "part order and hard-linked (copied across filesystems), one meta.json. "
-                    "No token is re-read; deduplication held within each part.")
+                    "No token is re-read; deduplication held within each part.",
+        epilog=examples("lmforge prepare-merge data/part-0 data/part-1 data/part-2 --out data/wiki"))
     p.add_argument("parts", nargs="+", metavar="PART", help="prepared dataset folders")
-    p.add_argument("--out", "-o", required=True, metavar="DIR", help="merged dataset folder")
+    add_out_flag(p, required=True, metavar="DIR", help="merged dataset folder")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--quiet", "-q", action="store_true", help="no summary")
     p.set_defaults(func=_merge)

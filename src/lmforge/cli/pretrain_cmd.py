@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from ..config import add_dataclass_flags, flags_to_dict, from_dict, load_file
+from ..config import add_dataclass_flags, coerce, flags_to_dict, from_dict, load_file
 from ..errors import ConfigError
-from ..models.config import ModelConfig
+from ..models.config import CHOICES as MODEL_CHOICES
+from ..models.config import FIELD_HELP, ModelConfig
 from ..training import TrainConfig, load_run_config, pretrain
+from ..training.config import CHOICES
+from .flags import examples, objective_names
+from .summary import print_run_summary
 
 MODEL_FLAGS_SKIP = ("dropout",)  # TrainConfig.dropout covers it
 
@@ -18,14 +21,22 @@ def register(sub) -> None:
         "pretrain", help="pretrain a language model on a prepared dataset",
         description="Train a model with an objective (causal_lm) on a dataset made by "
                     "`lmforge prepare`. Every config field is a flag; --config reads a YAML/TOML "
-                    "file of the same fields; flags override the file.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "file of the same fields; flags override the file. Architecture flags (and "
+                    "--model-args) override the preset's values for a new model.",
+        epilog=examples(
+            "lmforge pretrain --data data/shakespeare --model gpt-mini --max-steps 2000 "
+            "--out runs/shakespeare",
+            "lmforge pretrain --data data/wiki --model bert-mini --objective mlm --n-layer 4 "
+            "--out runs/bert",
+            "lmforge pretrain --resume runs/shakespeare --max-steps 4000"))
     p.add_argument("--config", help="YAML or TOML file of training fields")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    add_dataclass_flags(p, TrainConfig, skip=("model_args",))
+    add_dataclass_flags(p, TrainConfig, choices={**CHOICES, "objective": objective_names()},
+                        names={"out_dir": ("--out", "-o")})
     add_dataclass_flags(p, ModelConfig, group="model architecture (new models only)",
-                        skip=MODEL_FLAGS_SKIP)
+                        skip=MODEL_FLAGS_SKIP, choices=MODEL_CHOICES, helps=FIELD_HELP,
+                        default_note="from the preset")
     p.set_defaults(func=run)
 
 
@@ -33,10 +44,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults < --config file < flags. Model architecture flags go to ``model_args``."""
     data = load_file(args.config) if args.config else {}
     model_args = dict(data.pop("model_args", None) or {})
+    flags = flags_to_dict(args, TrainConfig)
+    if "model_args" in flags:  # --model-args JSON, under the architecture flags
+        model_args.update(coerce(TrainConfig, "model_args", flags.pop("model_args")) or {})
     model_args.update(flags_to_dict(args, ModelConfig))
     for key in MODEL_FLAGS_SKIP:
         model_args.pop(key, None)
-    data.update(flags_to_dict(args, TrainConfig))
+    data.update(flags)
     if model_args:
         data["model_args"] = model_args
     return from_dict(TrainConfig, data, where=args.config or "command line")
@@ -45,14 +59,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     if args.resume:
         overrides = flags_to_dict(args, TrainConfig)
-        if flags_to_dict(args, ModelConfig):
+        if flags_to_dict(args, ModelConfig) or "model_args" in overrides:
             raise ConfigError("architecture flags cannot change when resuming a run")
         cfg = load_run_config(args.resume, overrides)
         result = pretrain(cfg, resume=True)
     else:
         cfg = config_from_args(args)
         result = pretrain(cfg, overwrite=args.overwrite)
-    summary = {k: v for k, v in result.items() if k in ("step", "train_loss", "val_loss", "val_ppl",
-                                                        "best_val_loss", "interrupted")}
-    print(json.dumps(summary))
+    print_run_summary("pretrain", cfg.out_dir, result, objective=cfg.objective)
     return 130 if result.get("interrupted") else 0

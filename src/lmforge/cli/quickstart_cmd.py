@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from ..quickstart import quickstart
+from .flags import add_out_flag, examples
 
 
 def register(sub) -> None:
     p = sub.add_parser("quickstart", help="train a tokenizer and a small GPT on Shakespeare, then sample",
                        description="Tokenizer -> prepare -> pretrain -> generate on the packaged "
-                                   "Tiny Shakespeare (or --corpus), in a few minutes on a CPU.")
-    p.add_argument("--out", default="runs/quickstart", help="folder for everything it makes")
+                                   "Tiny Shakespeare (or --corpus), in a few minutes on a CPU.",
+                       epilog=examples("lmforge quickstart",
+                                       "lmforge quickstart --corpus my-novel.txt --max-steps 300 "
+                                       "--out runs/novel"))
+    add_out_flag(p, default="runs/quickstart", help="folder for everything it makes")
     p.add_argument("--corpus", help="a text file to use instead of Tiny Shakespeare")
     p.add_argument("--max-steps", type=int, default=900, help="training steps")
     p.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size")

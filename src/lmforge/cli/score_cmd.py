@@ -10,6 +10,7 @@ import sys
 
 from ..errors import DataError, LMForgeError
 from ..evaluation import ScoreResult, score_text
+from .flags import examples
 from .inference import add_model_flags, load_model_and_tokenizer, read_text_file
 
 
@@ -22,17 +23,19 @@ def register(sub) -> None:
                     "longer than the model's context use a sliding window. An encoder (masked "
                     "LM) reports pseudo-log-likelihood instead: each token masked in turn and "
                     "scored given all the others (Salazar et al. 2020), and pseudo-perplexity.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_model_flags(p, precision="fp32")
+        epilog=examples('lmforge score --model runs/shakespeare --text "To be, or not to be"',
+                        "lmforge score --model runs/shakespeare --file play.txt --per-token tokens.jsonl",
+                        "cat essay.txt | lmforge score --model models/gpt2 --json"))
+    add_model_flags(p)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--text", help="the text to score")
     source.add_argument("--file", metavar="PATH", help="a UTF-8 text file to score")
     p.add_argument("--stride", type=int,
                    help="sliding-window step for long texts (default: half the context); "
                         "smaller = more context per token, slower (decoders only)")
-    p.add_argument("--batch-size", "--batch_size", type=int, default=32,
+    p.add_argument("--batch-size", type=int, default=32,
                    help="encoders: masked copies of the text per forward pass")
-    p.add_argument("--per-token", "--per_token", metavar="OUT.jsonl",
+    p.add_argument("--per-token", metavar="OUT.jsonl",
                    help="write one JSON object per token: index, id, token, logprob")
     p.add_argument("--json", action="store_true", help="print the totals as one JSON object")
     p.set_defaults(func=run)

@@ -14,13 +14,17 @@ from ..errors import DataError
 from ..tokenization import (KINDS, decode, encode, load_tokenizer, save_tokenizer, tokenizer_info,
                             train_tokenizer)
 from ..tokenization.load import TOKENIZER_FILE
+from .flags import add_out_flag, examples
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``tokenizer`` command and its actions to the top-level parser."""
     parser = subparsers.add_parser(
         "tokenizer", help="train, inspect and use tokenizers",
-        description="Train a tokenizer on raw text, or encode/decode/inspect with one.")
+        description="Train a tokenizer on raw text, or encode/decode/inspect with one.",
+        epilog=examples("lmforge tokenizer train shakespeare.txt --vocab-size 1024 --out tok/",
+                        'lmforge tokenizer encode --tokenizer tok/ --text "To be, or not to be"',
+                        "lmforge tokenizer info --tokenizer tok/"))
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     _register_train(actions)
@@ -39,7 +43,11 @@ def _register_train(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser(
         "train", help="train a char, word, byte-level BPE or WordPiece tokenizer",
         description="Train a tokenizer on text files or folders (.txt, .jsonl, .parquet, .gz) "
-                    "and write OUT/tokenizer.json.")
+                    "and write OUT/tokenizer.json.",
+        epilog=examples("lmforge tokenizer train shakespeare.txt --vocab-size 1024 --out tok/",
+                        "lmforge tokenizer train wiki/ --kind wordpiece --vocab-size 30522 "
+                        "--lowercase --out bert-tok/",
+                        "lmforge tokenizer train input.txt --kind char --out char-tok/"))
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="training files or folders, - for stdin")
     p.add_argument("--kind", choices=KINDS, default="bpe",
                    help="char: one token per character; word: one token per whitespace-"
@@ -48,8 +56,8 @@ def _register_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--vocab-size", type=int, default=None, metavar="N",
                    help="vocab size incl. special tokens (required for bpe/wordpiece; "
                         "for char/word, an optional cap keeping the most frequent)")
-    p.add_argument("--out", "-o", required=True, metavar="DIR",
-                   help=f"output folder for {TOKENIZER_FILE} (or a .json file path)")
+    add_out_flag(p, required=True, metavar="DIR",
+                 help=f"output folder for {TOKENIZER_FILE} (or a .json file path)")
     p.add_argument("--special-tokens", nargs="+", default=None, metavar="TOKEN",
                    help="special tokens, first ids (default: <|endoftext|> for char/word/bpe; "
                         "[PAD] [UNK] [CLS] [SEP] [MASK] for wordpiece)")
@@ -87,7 +95,9 @@ def _train(args: argparse.Namespace) -> int:
 def _register_encode(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser(
         "encode", help="print the token ids of a text",
-        description="Encode --text, a FILE, or stdin, and print the ids space-separated.")
+        description="Encode --text, a FILE, or stdin, and print the ids space-separated.",
+        epilog=examples('lmforge tokenizer encode --tokenizer tok/ --text "Hello world"',
+                        "lmforge tokenizer encode --tokenizer models/gpt2 essay.txt --json"))
     _add_tokenizer_arg(p)
     p.add_argument("file", nargs="?", metavar="FILE", help="text file to encode (default: stdin)")
     p.add_argument("--text", help="text to encode (instead of FILE/stdin)")
@@ -115,7 +125,9 @@ def _register_decode(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser(
         "decode", help="print the text of token ids",
         description="Decode ids given as arguments or on stdin (space/comma separated or a "
-                    "JSON list).")
+                    "JSON list).",
+        epilog=examples("lmforge tokenizer decode --tokenizer tok/ 15496 995",
+                        "echo '[15496, 995]' | lmforge tokenizer decode --tokenizer models/gpt2"))
     _add_tokenizer_arg(p)
     p.add_argument("ids", nargs="*", metavar="ID", help="token ids (default: read stdin)")
     p.add_argument("--skip-special-tokens", action="store_true", help="leave special tokens out")
@@ -145,7 +157,9 @@ def _decode(args: argparse.Namespace) -> int:
 
 def _register_info(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("info", help="show a tokenizer's kind, vocab size and special tokens",
-                           description="Describe a tokenizer.")
+                           description="Describe a tokenizer.",
+                           epilog=examples("lmforge tokenizer info --tokenizer tok/",
+                                           "lmforge tokenizer info --tokenizer models/gpt2 --json"))
     _add_tokenizer_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_info)

@@ -387,7 +387,8 @@ class _Progress:
 
         # leave=False: the bar clears itself, so an error below it stays a single line.
         self.bar = tqdm(desc="prepare", unit="B", unit_scale=True, unit_divisor=1000, leave=False,
-                        disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+                        disable=not (enabled and sys.stderr.isatty()), file=sys.stderr,
+                        dynamic_ncols=True)  # a bar only on a terminal, never in a log file
         self.start = time.perf_counter()
 
     def update(self, stats: dict[str, int]) -> None:

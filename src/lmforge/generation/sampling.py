@@ -22,13 +22,16 @@ import torch
 from ..errors import ConfigError, LMForgeError
 from ..models import KVCache
 from ..models.logits import top_k_filter
-from ..runtime import autocast, resolve_precision
+from ..runtime import INFERENCE_PRECISION, autocast, resolve_precision
 
 log = logging.getLogger(__name__)
 
 # stream(row, token_id) is called for each new token; returning True ends that row.
 StreamCallback = Callable[[int, int], bool | None]
 PAD_ID = 0  # any id works: padded positions are masked out of attention
+# Sampling defaults of every entry point (`lmforge generate`, generate_text, generate).
+DEFAULT_TEMPERATURE = 0.8
+DEFAULT_TOP_K = 200
 
 
 @dataclass
@@ -225,11 +228,12 @@ def _record(tokens: list[int], out: list[list[int]], reasons: list[str | None],
 
 @torch.inference_mode()
 def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = DEFAULT_TOP_K,
+             top_p: float | None = None,
              repetition_penalty: float = 1.0, greedy: bool = False,
              stop_token_ids: Iterable[int] | None = None, seed: int | None = None,
              use_cache: bool = True, stream: StreamCallback | None = None,
-             precision: str = "auto", compile: bool = False) -> list[Completion]:
+             precision: str = INFERENCE_PRECISION, compile: bool = False) -> list[Completion]:
     """Continue each prompt (a list of token ids) by up to ``max_new_tokens`` tokens.
 
     Decoding uses a KV cache: one forward pass over the (left-padded) prompts, then one token per
@@ -237,11 +241,11 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     slower; a reference for tests). A row stops at any of ``stop_token_ids`` (the stop token is
     not returned) or when ``stream(row, token_id)`` returns True; the batch ends when all rows
     have stopped. ``seed`` makes sampling reproducible; the sampling settings are those of
-    :func:`sample_next`. Put the model in eval mode first (dropout). ``precision`` is "auto" (bf16 autocast
-    where the hardware runs it fast), "fp32", "bf16" or "fp16"; a model loaded in a lower dtype
-    runs in that dtype. ``compile`` runs the one-token steps after the prompt through
-    :func:`compiled_decoder` (the first call compiles: worth it for long or repeated generation
-    with fixed weights).
+    :func:`sample_next`. Put the model in eval mode first (dropout). ``precision`` is "fp32"
+    (the default), "auto" (bf16 autocast where the hardware runs it fast), "bf16" or "fp16"; a
+    model loaded in a lower dtype runs in that dtype. ``compile`` runs the one-token steps after
+    the prompt through :func:`compiled_decoder` (the first call compiles: worth it for long or
+    repeated generation with fixed weights).
 
     Context: the sequence never exceeds ``model.config.context_length``. A prompt longer than
     context_length - 1 is cropped from the left (keeping its end) with a warning, and generation

@@ -25,10 +25,10 @@ from typing import Protocol
 import torch
 
 from ..errors import ConfigError, LMForgeError
-from ..runtime import autocast, resolve_precision
-from .sampling import (Completion, StreamCallback, _check_prompts, _next_logits, plan_decoding,
-                       _record, check_sampling_args, generate, left_pad, positions_from_mask,
-                       sample_next)
+from ..runtime import INFERENCE_PRECISION, autocast, resolve_precision
+from .sampling import (DEFAULT_TEMPERATURE, DEFAULT_TOP_K, Completion, StreamCallback,
+                       _check_prompts, _next_logits, _record, check_sampling_args, generate,
+                       left_pad, plan_decoding, positions_from_mask, sample_next)
 
 log = logging.getLogger(__name__)
 
@@ -256,13 +256,14 @@ def _check_beam_args(num_beams: int, early_stopping, no_repeat_ngram_size: int) 
 
 @torch.inference_mode()
 def generate_seq2seq(model: torch.nn.Module, sources: Sequence[Sequence[int]], max_new_tokens: int,
-                     temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                     temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = DEFAULT_TOP_K,
+                     top_p: float | None = None,
                      repetition_penalty: float = 1.0, greedy: bool = False, num_beams: int = 1,
                      length_penalty: float = 1.0, early_stopping: bool | str = False,
                      no_repeat_ngram_size: int = 0, stop_token_ids: Iterable[int] | None = None,
                      decoder_start_token_id: int | None = None, seed: int | None = None,
                      use_cache: bool = True, stream: StreamCallback | None = None,
-                     precision: str = "auto") -> list[Completion]:
+                     precision: str = INFERENCE_PRECISION) -> list[Completion]:
     """Generate an output for each source (a list of token ids) with an encoder-decoder model.
 
     The sources are encoded once; the decoder starts from ``decoder_start_token_id`` (default:
@@ -316,7 +317,7 @@ def beam_search_decoder(model: torch.nn.Module, prompts: Sequence[Sequence[int]]
                         early_stopping: bool | str = False, no_repeat_ngram_size: int = 0,
                         stop_token_ids: Iterable[int] | None = None, use_cache: bool = True,
                         stream: StreamCallback | None = None,
-                        precision: str = "auto") -> list[BeamCompletion]:
+                        precision: str = INFERENCE_PRECISION) -> list[BeamCompletion]:
     """Beam search continuations of ``prompts`` with a decoder-only model (GPT); prompts and
     context as in :func:`~lmforge.generation.generate`."""
     _check_beam_args(num_beams, early_stopping, no_repeat_ngram_size)

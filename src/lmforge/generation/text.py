@@ -16,6 +16,8 @@ from tokenizers import Tokenizer
 
 from ..errors import DataError
 from ..tokenization import encode, eos_token_id
+from ..runtime import INFERENCE_PRECISION
+from .sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from .seq2seq import generate_tokens
 
 INCOMPLETE = "\ufffd"  # what a decoder gives for a UTF-8 character cut in the middle
@@ -142,11 +144,12 @@ class _CompletionText:
 
 
 def generate_text(model: torch.nn.Module, tokenizer: Tokenizer, prompts: Sequence[str],
-                  max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                  max_new_tokens: int, temperature: float = DEFAULT_TEMPERATURE,
+                  top_k: int | None = DEFAULT_TOP_K,
                   top_p: float | None = None, repetition_penalty: float = 1.0,
                   greedy: bool = False, stop_strings: Sequence[str] | None = None,
                   stop_token_ids: Iterable[int] | None = None, seed: int | None = None,
-                  stream_to: TextSink | None = None, precision: str = "auto",
+                  stream_to: TextSink | None = None, precision: str = INFERENCE_PRECISION,
                   num_beams: int = 1, length_penalty: float = 1.0,
                   compile: bool = False) -> list[TextCompletion]:
     """Continue each text prompt; the completion excludes the prompt. An encoder-decoder model

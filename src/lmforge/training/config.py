@@ -8,6 +8,12 @@ from typing import Any
 from ..errors import ConfigError
 
 
+# Fields with a fixed set of values (the CLI lists them in --help and checks them).
+CHOICES = {"schedule": ("cosine", "linear", "constant", "wsd"), "optimizer": ("adamw", "sgd"),
+           "sampling": ("random", "sequential"), "precision": ("auto", "fp32", "bf16", "fp16"),
+           "parallel": ("ddp", "fsdp", "tp")}
+
+
 def _help(text: str, default: Any = None) -> Any:
     return field(default=default, metadata={"help": text})
 
@@ -19,7 +25,7 @@ class TrainConfig:
     data: str = _help("prepared dataset folder (from `lmforge prepare`)", "")
     out_dir: str = _help("run folder for checkpoints, metrics, plots and the final model", "runs/run")
     model: str = _help("preset name (see `lmforge models`) or a model folder to start from", "gpt-mini")
-    model_args: dict = _help("architecture overrides, e.g. {n_layer: 4} (flags: --n_layer 4)", None)
+    model_args: dict = _help("architecture overrides, e.g. {n_layer: 4} (flags: --n-layer 4)", None)
     objective: str = _help("training objective", "causal_lm")
     objective_args: dict = _help("objective options as JSON, e.g. {\"mask_prob\": 0.15}", None)
     block_size: int | None = _help("tokens per training sequence (default: min(512, model context))", None)
@@ -68,7 +74,7 @@ class TrainConfig:
     export_best: bool = _help("export the best checkpoint's weights as the run's model (default: the last)", False)
     peak_tflops: float = _help("device peak TFLOP/s for the MFU estimate (0 = measure/guess)", 0.0)
     tensorboard: bool = _help("write TensorBoard event files", True)
-    progress: bool = _help("show a progress bar", True)
+    progress: bool = _help("progress bar on a terminal (in a log file or a pipe: step lines)", True)
 
     def validate(self) -> "TrainConfig":
         positive = ("batch_size", "grad_accum", "max_steps", "eval_batches",
@@ -85,11 +91,7 @@ class TrainConfig:
             raise ConfigError(f"config field 'lr' must be positive, got {self.lr}")
         if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"config field 'min_lr' must be in [0, lr], got {self.min_lr}")
-        choices = {"schedule": ("cosine", "linear", "constant", "wsd"),
-                   "optimizer": ("adamw", "sgd"), "sampling": ("random", "sequential"),
-                   "precision": ("auto", "fp32", "bf16", "fp16"),
-                   "parallel": ("ddp", "fsdp", "tp")}
-        for name, allowed in choices.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"config field '{name}' must be one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")

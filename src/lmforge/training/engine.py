@@ -479,7 +479,7 @@ class Trainer:
                     logger.log(self.step, **metrics)
                     progress.update(0, loss=f"{metrics['train_loss']:.4f}", tok_s=f"{tps:,.0f}",
                                     mfu=f"{100 * mfu:.1f}%")
-                    if not cfg.progress:
+                    if not progress.enabled:  # a log file or a pipe: plain lines, no bar
                         progress.write(f"step {self.step}/{cfg.max_steps} | loss {metrics['train_loss']:.4f} "
                                        f"| {tps:,.0f} tok/s | MFU {100 * mfu:.1f}%")
                     window_start, window_tokens, window_flops = time.perf_counter(), 0, 0.0

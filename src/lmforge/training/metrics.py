@@ -59,10 +59,12 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 class Progress:
-    """A tqdm bar (step, loss, tokens/s, MFU, ETA) or plain log lines when not interactive."""
+    """A tqdm bar (step, loss, tokens/s, MFU, ETA) on a terminal; in a log file or a pipe (or
+    with ``enabled`` False) plain ``step N | loss X`` lines instead, which :attr:`enabled` tells."""
 
     def __init__(self, total: int, initial: int, enabled: bool, silent: bool = False):
         """``silent`` (ranks other than 0 of a distributed run): no bar and no lines."""
+        enabled = enabled and sys.stderr.isatty()
         self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
                         file=sys.stderr, disable=not enabled, mininterval=0.5)
         self.enabled, self.silent = enabled, silent

@@ -23,11 +23,13 @@ Accounting, stated so the figures can be checked by hand:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..models.config import ModelConfig, preset
+from ..models.config import PRESETS, ModelConfig, preset
 from ..runtime import KNOWN_PEAK_TFLOPS, flops_per_token
 
 GIB = 1024**3
@@ -42,7 +44,8 @@ def _help(text: str, default: Any = None) -> Any:
 class PlanConfig:
     """What `lmforge plan` is asked about (every field is a flag)."""
 
-    model: str = _help("preset name (see `lmforge models`); architecture flags override it", "gpt2")
+    model: str = _help("preset name (see `lmforge models`), model folder, run folder or .gguf "
+                       "file; architecture flags override it", "gpt2")
     model_args: dict = _help("architecture overrides, e.g. {n_layer: 48}", None)
     seq_len: int | None = _help("tokens per sequence (default: the model's context length)", None)
     global_batch: int = _help("sequences per optimizer step over all GPUs", 512)
@@ -131,10 +134,57 @@ def memory(model, cfg: ModelConfig, plan: PlanConfig, seq_len: int, micro_batch:
     return out
 
 
+def plan_model_config(model: str, overrides: dict | None = None) -> ModelConfig:
+    """The architecture to plan: a preset's, or the one a model folder, a training run folder
+    (its exported model, or the config it started with) or a .gguf file holds."""
+    overrides = overrides or {}
+    path = Path(model)
+    if model in PRESETS or not path.exists():
+        return preset(model, **overrides)
+    from ..models.io import CONFIG_NAME
+    for folder in (path, path / "model"):
+        config = folder / CONFIG_NAME
+        if config.is_file() and "lmforge" in _read_json(config):
+            cfg = ModelConfig.load(config)
+            break
+    else:
+        run_config = path / "config.yaml"
+        resolved = _run_model_config(run_config) if run_config.is_file() else None
+        if resolved is not None:
+            cfg = ModelConfig.from_dict(resolved, where=str(run_config))
+        else:  # a Hugging Face folder or a GGUF file: its loader reads the architecture
+            from ..hub import load_model
+            cfg = load_model(path)[0].config
+    if not overrides:
+        return cfg
+    data = cfg.to_dict()
+    # Sizes derived from the ones overridden are derived again, as a preset's would be.
+    for derived, inputs in (("head_dim", ("n_embd", "n_head")), ("intermediate_size", ("n_embd",)),
+                            ("n_kv_head", ("n_head",))):
+        if derived not in overrides and any(k in overrides for k in inputs):
+            data[derived] = None
+    return ModelConfig.from_dict({**data, **overrides}, where=model)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _run_model_config(path: Path) -> dict | None:
+    """The architecture a training run recorded when it started (config.yaml, resolved)."""
+    from ..config import load_file
+    resolved = load_file(path).get("resolved") or {}
+    return resolved.get("model_config") if isinstance(resolved, dict) else None
+
+
 def make_plan(plan: PlanConfig) -> dict:
     """The figures `lmforge plan` prints (and writes with --json)."""
     plan.validate()
-    cfg = preset(plan.model, **(plan.model_args or {}))
+    cfg = plan_model_config(plan.model, plan.model_args)
     if cfg.arch == "lstm":
         raise ConfigError("lmforge plan covers Transformer models, not LSTMs")
     seq_len = plan.seq_len or cfg.context_length
