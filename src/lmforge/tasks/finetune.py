@@ -154,6 +154,9 @@ class FinetuneTrainer(Trainer):
         train_rows = objective.read(cfg.data)
         if cfg.val_data:
             val_rows = objective.read(cfg.val_data)
+        elif len(train_rows) < 2:  # holding one out would leave nothing to train on
+            raise DataError(f"{cfg.data}: only {len(train_rows)} example; fine-tuning needs at "
+                            "least 2 (some are held out for validation), or a val_data file")
         else:
             train_rows, val_rows = split_validation(train_rows, cfg.val_fraction)
         if 0 < cfg.max_train_examples < len(train_rows):
