@@ -128,7 +128,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     from lmforge.training import TrainConfig
 
     root = tmp_path_factory.mktemp("bad_inputs")
-    f = {"root": root, "new": root / "new-output"}
+    f = {"root": root}
     f["corpus"] = root / "corpus.txt"
     f["corpus"].write_text(SHAKESPEARE.read_text(encoding="utf-8")[:30_000], encoding="utf-8")
     f["empty"] = root / "empty.txt"
@@ -180,8 +180,10 @@ def files(tmp_path_factory) -> dict[str, Path]:
     return f
 
 
-def _argv(template: str, files: dict[str, Path]) -> list[str]:
-    return template.format(**{k: str(v) for k, v in files.items()}).split()
+def _argv(template: str, files: dict[str, Path], case: str) -> list[str]:
+    """The case's command line; {new} is an output path of its own that does not exist."""
+    paths = {**{k: str(v) for k, v in files.items()}, "new": str(files["root"] / f"new-{case}")}
+    return template.format(**paths).split()
 
 
 def _check(case: str, code: int, stderr: str, needle: str) -> None:
@@ -198,7 +200,7 @@ def cli_results(files):
     before = _hashes(files["root"])
     with ThreadPoolExecutor(max(2, os.cpu_count() or 1)) as pool:
         procs = dict(zip((case for case, _, _ in CASES),
-                         pool.map(lambda c: run_cli(*_argv(c[1], files), timeout=120), CASES)))
+                         pool.map(lambda c: run_cli(*_argv(c[1], files, c[0]), timeout=120), CASES)))
     return procs, before, _hashes(files["root"])
 
 
@@ -223,7 +225,7 @@ def test_main_raises_only_lmforge_errors(files, capsys):
     for case, template, needle in CASES:
         before = _hashes(files["root"])
         try:
-            code = main(_argv(template, files))
+            code = main(_argv(template, files, case + "-inproc"))
         except SystemExit as exc:  # argparse usage errors
             code = exc.code
         err = capsys.readouterr().err
@@ -253,7 +255,7 @@ def test_finetuned_models_embed_and_score_with_their_backbone(files):
         assert "backbone" in s.stderr
         import json
         result = json.loads(s.stdout)
-        assert result["num_tokens"] > 0 and result["perplexity"] > 1
+        assert result["tokens"] > 0 and result["perplexity"] > 1
 
 
 def test_a_dying_prepare_worker_fails_at_once(files, tmp_path):
