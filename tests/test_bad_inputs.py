@@ -90,6 +90,7 @@ CASES = [
     ("compare-missing-data", "compare {root}/nope --out {new}", "nope"),
     ("compare-bad-json", "compare {data} --out {new} --lstm_args {{bad", "lstm_args"),
     ("plot-not-a-run", "plot {data}", "metrics"),
+    ("plot-out-under-a-file", "plot {run} --out {binary}/loss.png", "cannot write"),
     ("convert-missing-src", "convert {root}/nope {new}", "not found"),
     ("convert-existing-out", "convert {run} {data}", "--overwrite"),
     ("convert-bad-dtype", "convert {run} {new} --dtype f64", "invalid choice"),
@@ -103,6 +104,8 @@ CASES = [
     ("finetune-zero-batch", "finetune --model {body} --data {train} --out_dir {new} --batch_size 0", "batch_size"),
     ("predict-model-without-head", "predict --model {body} --data {train}", "no task head"),
     ("predict-missing-data", "predict --model {ft_enc} --data {root}/nope.tsv", "not found"),
+    ("predict-zero-batch", "predict --model {ft_enc} --data {train} --batch-size 0", "batch-size"),
+    ("evaluate-binary-data", "evaluate --model {ft_enc} --data {binary}", "cannot read"),
     ("evaluate-empty-data", "evaluate --model {ft_enc} --data {empty}", "no examples"),
     ("evaluate-missing-model", "evaluate --model {root}/nope --data {train}", "not found"),
     ("experiment-missing-data", "experiment pretrain-vs-scratch --model {body} --data {root}/nope.tsv "

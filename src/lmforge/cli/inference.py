@@ -109,6 +109,8 @@ def load_task(args: argparse.Namespace):
     a task head's own task, or the generative task and options its fine-tuning run recorded."""
     from ..tasks.inference import headless_task_options, objective_for
     from ..training.runtime import autocast, resolve_precision
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     model, tokenizer, tok_cfg = load_model_tokenizer_config(args)
     options = {}
     spec = getattr(model, "spec", None)
