@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import DataError
 from .inference import add_model_flags, add_task_flags, load_task
 
 
@@ -41,6 +42,9 @@ def run(args) -> int:
     for k, v in metrics.items():
         print(f"  {k:<{width}}  {v:.4f}")
     if args.output:
-        Path(args.output).write_text(json.dumps({"data": args.data, "examples": len(rows),
-                                                 **metrics}, indent=2) + "\n")
+        try:
+            Path(args.output).write_text(json.dumps({"data": args.data, "examples": len(rows),
+                                                     **metrics}, indent=2) + "\n")
+        except OSError as exc:
+            raise DataError(f"cannot write {args.output}: {exc.strerror}") from None
     return 0

@@ -24,6 +24,7 @@ from ..errors import ConfigError, DataError
 from ..models.config import preset
 from ..models.io import build_model, load_model
 from ..models.lora import apply_lora, merge_lora, trainable_parameters
+from ..objectives.base import check_options
 from ..training.config import TrainConfig
 from ..training.engine import Trainer, set_dropout
 from .base import TaskObjective, get_task
@@ -150,6 +151,8 @@ class FinetuneTrainer(Trainer):
         if task_cls.head is None:  # generative tasks: the chat template, special tokens
             options |= dict(tokenizer_config=tok_cfg, encoding=cfg.encoding)
         arch = backbone.config.arch
+        check_options(task_cls, cfg.task_args or {}, f"task_args of {cfg.task}",
+                      skip=("tokenizer", "arch", "max_length"))
         objective: TaskObjective = task_cls(tokenizer, arch, max_length, **options)
         train_rows = objective.read(cfg.data)
         if cfg.val_data:
