@@ -68,7 +68,8 @@ def language_model(model: torch.nn.Module, args: argparse.Namespace, command: st
     if task is None:
         return model
     backbone, arch = model.backbone, model.backbone.config.arch
-    what = f"{args.model} is a fine-tuned {task} model (a task head on a{'n' * (arch[0] in 'aeiou')} {arch})"
+    article = "an" if arch[0] in "aeiou" else "a"
+    what = f"{args.model} is a fine-tuned {task} model (a task head on {article} {arch})"
     if backbone_ok:
         print(f"lmforge {command}: note: {what}; using the backbone under its head",
               file=sys.stderr)
