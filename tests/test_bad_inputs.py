@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -289,7 +290,30 @@ def test_a_dying_prepare_worker_fails_at_once(files, tmp_path):
     """))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=60, env=env, cwd=tmp_path)
     _check("dying worker", proc.returncode, proc.stderr, "worker process died")
+    assert time.perf_counter() - start < 30  # not a wait on chunks that never come
     assert sorted(p.name for p in tmp_path.iterdir()) == ["die.py"]
+
+
+def test_tokenizer_train_writes_only_into_its_own_folders(files, tmp_path):
+    """A folder holding just an earlier tokenizer is replaced with --overwrite; a run folder is
+    refused without it, and with it only tokenizer.json is written there."""
+    from lmforge.cli.main import main
+
+    base = ["tokenizer", "train", str(files["corpus"]), "--kind", "char", "--quiet", "--out"]
+    assert main([*base, str(tmp_path / "tok")]) == 0
+    assert main([*base, str(tmp_path / "tok")]) == 2  # exists, no --overwrite
+    assert main([*base, str(tmp_path / "tok"), "--overwrite", "--lowercase"]) == 0
+    assert "Lowercase" in (tmp_path / "tok" / "tokenizer.json").read_text()
+    run = tmp_path / "run"
+    shutil.copytree(files["run"], run, ignore=shutil.ignore_patterns("checkpoints"))
+    before = _hashes(run)
+    assert main([*base, str(run)]) == 2
+    assert _hashes(run) == before
+    assert main([*base, str(run), "--overwrite"]) == 0
+    after = _hashes(run)
+    assert set(after) == set(before) | {"tokenizer.json"}
+    assert all(after[k] == v for k, v in before.items())
