@@ -303,7 +303,7 @@ def _run_chunks(chunks: Iterable[tuple[list[str], str | None]], workers: int,
         # The pool notices a dead worker (killed, out of memory, os._exit) at once; one line
         # instead of the pool's traceback, and no waiting on chunks that will never come.
         raise DataError("a prepare worker process died (killed, out of memory?); run again, "
-                        "or with --workers 1 to tokenize in this process") from None
+                        "or with workers=1 (--workers 1) to tokenize in this process") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
