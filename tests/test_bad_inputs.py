@@ -317,3 +317,23 @@ def test_tokenizer_train_writes_only_into_its_own_folders(files, tmp_path):
     after = _hashes(run)
     assert set(after) == set(before) | {"tokenizer.json"}
     assert all(after[k] == v for k, v in before.items())
+
+
+def test_python_api_names_a_fine_tuned_model(files):
+    """generate_text, score_text, embed and fill_mask refuse a task model with one clear error
+    (pointing at its backbone) instead of failing deep inside; the backbone itself works."""
+    import lmforge
+    from lmforge.evaluation.embeddings import embed
+    from lmforge.evaluation.fill_mask import fill_mask
+    from lmforge.models.io import load_model
+
+    for name in ("ft_enc", "ft_dec"):
+        model, tok, _ = load_model(files[name])
+        calls = [lambda: lmforge.generate_text(model, tok, ["First"], 3),
+                 lambda: lmforge.score_text(model, tok, "First Citizen"),
+                 lambda: embed(model, tok, ["First Citizen"]),
+                 lambda: fill_mask(model, tok, "First [MASK]", 3)]
+        for call in calls:
+            with pytest.raises(lmforge.LMForgeError, match="fine-tuned classification model"):
+                call()
+        assert lmforge.score_text(model.backbone, tok, "First Citizen").num_tokens > 0
