@@ -8,12 +8,14 @@ from importlib import resources
 from pathlib import Path
 
 from .data.prepare import prepare_corpus
+from .errors import ConfigError, DataError
 from .generation import generate_text
 from .hub import from_pretrained
 from .tokenization import load_tokenizer, save_tokenizer, train_tokenizer
 from .training import TrainConfig, Trainer
 
 DEFAULT_CORPUS = "tinyshakespeare.txt"
+PARTS = ("tokenizer", "data", "run")  # what a quickstart folder holds
 
 
 def packaged_corpus() -> Path:
@@ -27,6 +29,14 @@ def quickstart(out: str | Path = "runs/quickstart", corpus: str | Path | None = 
     """Train a byte-level BPE tokenizer and a small GPT, then sample from it."""
     out = Path(out)
     corpus = Path(corpus) if corpus else packaged_corpus()
+    # Checked before minutes of work, and before anything in ``out`` is replaced.
+    if max_steps < 1:
+        raise ConfigError(f"max_steps must be at least 1, got {max_steps}")
+    if not corpus.is_file():
+        raise DataError(f"corpus not found: {corpus}")
+    if out.exists() and (not out.is_dir() or any(p.name not in PARTS for p in out.iterdir())):
+        raise DataError(f"{out} exists and is not a quickstart folder (it would be overwritten); "
+                        "choose another --out")
     t0 = time.perf_counter()
     log(f"[1/4] training a byte-level BPE tokenizer (vocab {vocab_size}) on {corpus.name}")
     tokenizer = train_tokenizer([corpus], kind="bpe", vocab_size=vocab_size)

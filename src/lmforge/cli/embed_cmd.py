@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import DataError, LMForgeError
 from ..evaluation.embeddings import POOLINGS, embed
 from .flags import add_out_flag, examples
-from .inference import add_model_flags, load_model_and_tokenizer, read_text_file
+from .inference import add_model_flags, language_model, load_model_and_tokenizer, read_text_file
 
 OUTPUT_SUFFIXES = (".npy", ".jsonl")
 
@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.out)
     sentences = read_sentences(args.input)
     model, tokenizer = load_model_and_tokenizer(args)
+    # A classifier's backbone still embeds: its hidden states are what the head reads.
+    model = language_model(model, args, "embed", "hidden states", backbone_ok=True)
     vectors = embed(model, tokenizer, sentences, pooling=args.pooling, normalize=args.normalize,
                     batch_size=args.batch_size, max_length=args.max_length, precision=args.precision)
     if args.out is None:

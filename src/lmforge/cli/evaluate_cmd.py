@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import DataError
 from .flags import add_out_flag, examples
 from .inference import add_model_flags, add_task_flags, load_task
 
@@ -46,6 +47,9 @@ def run(args) -> int:
     for k, v in metrics.items():
         print(f"  {k:<{width}}  {v:.4f}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"data": args.data, "examples": len(rows),
-                                                 **metrics}, indent=2) + "\n")
+        try:
+            Path(args.out).write_text(json.dumps({"data": args.data, "examples": len(rows),
+                                                  **metrics}, indent=2) + "\n")
+        except OSError as exc:
+            raise DataError(f"cannot write {args.out}: {exc.strerror}") from None
     return 0

@@ -9,7 +9,7 @@ import sys
 from ..errors import DataError, LMForgeError
 from ..evaluation.fill_mask import Prediction, fill_in, fill_mask
 from .flags import examples
-from .inference import add_model_flags, load_model_and_tokenizer, read_text_file
+from .inference import add_model_flags, language_model, load_model_and_tokenizer, read_text_file
 
 
 def register(sub) -> None:
@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         raise LMForgeError(f"--top-k must be at least 1, got {args.top_k}")
     texts = collect_texts(args)
     model, tokenizer = load_model_and_tokenizer(args)
+    model = language_model(model, args, "fill-mask", "a masked-LM model (an encoder with "
+                           "its masked-LM head)")
     for i, text in enumerate(texts):
         masks = fill_mask(model, tokenizer, text, args.top_k, precision=args.precision)
         filled = fill_in(tokenizer, text, [guesses[0].token_id for guesses in masks])

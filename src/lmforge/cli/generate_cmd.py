@@ -10,7 +10,7 @@ from ..errors import LMForgeError
 from ..generation import TextCompletion, generate_text
 from ..generation.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from .flags import examples
-from .inference import add_model_flags, load_model_and_tokenizer, read_text_file
+from .inference import add_model_flags, language_model, load_model_and_tokenizer, read_text_file
 
 SEPARATOR = "-" * 40
 
@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         raise LMForgeError(f"--num-beams must be at least 1, got {args.num_beams}")
     prompts = collect_prompts(args)
     model, tokenizer = load_model_and_tokenizer(args)
+    model = language_model(model, args, "generate", "a language model (decoder, "
+                           "encoder-decoder or LSTM)")
     # An encoder-decoder's output is not a continuation of its input: print the output alone.
     echo = getattr(model.config, "arch", None) != "encoder-decoder"
     batch = [p for p in prompts for _ in range(args.num_samples)]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
 
-from ..errors import DataError, LMForgeError
+from ..errors import ConfigError, DataError, LMForgeError
 from ..hub import load_model
 from ..tokenization import load_tokenizer
 from ..runtime import INFERENCE_PRECISION, resolve_device
@@ -47,6 +48,39 @@ def load_model_tokenizer_config(args: argparse.Namespace) -> tuple[torch.nn.Modu
     return model, tokenizer, tok_cfg
 
 
+def fine_tuned_task(model: torch.nn.Module) -> str | None:
+    """The task of a fine-tuned task model (a backbone plus a head), else None."""
+    spec = getattr(model, "spec", None)
+    return spec.task if spec is not None and hasattr(model, "backbone") else None
+
+
+def has_lm_head(model: torch.nn.Module) -> bool:
+    """Whether a plain model predicts tokens: a decoder's, LSTM's or encoder-decoder's LM head,
+    an encoder's masked-LM head (a task model's backbone keeps the one it was pretrained with)."""
+    if model.config.arch == "encoder":
+        return getattr(model, "mlm_head", None) is not None
+    return getattr(model, "lm_head", None) is not None
+
+
+def language_model(model: torch.nn.Module, args: argparse.Namespace, command: str,
+                   needs: str, backbone_ok: bool = False) -> torch.nn.Module:
+    """``model`` itself, or for a fine-tuned task model: its backbone, with a note on stderr,
+    when ``backbone_ok`` (and, scoring or filling masks, the backbone kept its LM head), else
+    one error naming the problem instead of a traceback deep in ``command``."""
+    task = fine_tuned_task(model)
+    if task is None:
+        return model
+    backbone, arch = model.backbone, model.backbone.config.arch
+    article = "an" if arch[0] in "aeiou" else "a"
+    what = f"{args.model} is a fine-tuned {task} model (a task head on {article} {arch})"
+    if backbone_ok:
+        print(f"lmforge {command}: note: {what}; using the backbone under its head",
+              file=sys.stderr)
+        return backbone
+    raise ConfigError(f"{what}; {command} needs {needs}: use `lmforge predict --model "
+                      f"{args.model}`, or the model it was fine-tuned from")
+
+
 def read_text_file(path: str, what: str) -> str:
     """A UTF-8 text file's content; a missing or unreadable file is a one-line DataError."""
     try:
@@ -83,6 +117,8 @@ def load_task(args: argparse.Namespace):
     a task head's own task, or the generative task and options its fine-tuning run recorded."""
     from ..tasks.inference import headless_task_options, objective_for
     from ..runtime import autocast, resolve_precision
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     model, tokenizer, tok_cfg = load_model_tokenizer_config(args)
     options = {}
     spec = getattr(model, "spec", None)

@@ -22,5 +22,8 @@ def register(sub) -> None:
 def run(args) -> int:
     if not Path(args.run_dir).is_dir():
         raise DataError(f"run folder not found: {args.run_dir}")
-    print(plot_loss(args.run_dir, args.out))
+    try:
+        print(plot_loss(args.run_dir, args.out))
+    except OSError as exc:  # --out in a folder that cannot exist or be written
+        raise DataError(f"cannot write {args.out or 'the plot'}: {exc.strerror}") from None
     return 0

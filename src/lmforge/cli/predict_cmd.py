@@ -54,7 +54,10 @@ def run(args) -> int:
     path = stdin_file(objective.name) if args.data == "-" else Path(args.data)
     examples = objective.read(str(path), labeled=False)
     predictions = objective.predict(model, examples, args.batch_size, device, autocast_ctx)
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    except OSError as exc:
+        raise DataError(f"cannot write {args.out}: {exc.strerror}") from None
     try:
         for example, prediction in zip(examples, predictions):
             out.write(json.dumps({**objective.describe(example), **prediction}, ensure_ascii=False) + "\n")

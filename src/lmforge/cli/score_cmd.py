@@ -11,7 +11,8 @@ import sys
 from ..errors import DataError, LMForgeError
 from ..evaluation import ScoreResult, score_text
 from .flags import examples
-from .inference import add_model_flags, load_model_and_tokenizer, read_text_file
+from .inference import (add_model_flags, fine_tuned_task, has_lm_head, language_model,
+                        load_model_and_tokenizer, read_text_file)
 
 
 def register(sub) -> None:
@@ -71,10 +72,16 @@ def print_summary(result: ScoreResult) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The model first: a missing model is the problem to report, whatever the text.
+    model, tokenizer = load_model_and_tokenizer(args)
+    if fine_tuned_task(model) is not None:
+        # The backbone of a classifier keeps the LM head it was pretrained with (tied to the
+        # embeddings, or left untouched by fine-tuning), so it still scores text.
+        model = language_model(model, args, "score", "a language model with its LM head",
+                               backbone_ok=has_lm_head(model.backbone))
     text = read_text(args)
     if not text:
         raise DataError("empty text: nothing to score")
-    model, tokenizer = load_model_and_tokenizer(args)
     result = score_text(model, tokenizer, text, stride=args.stride, precision=args.precision,
                         batch_size=args.batch_size)
     if args.per_token:

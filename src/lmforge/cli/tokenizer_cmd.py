@@ -77,8 +77,18 @@ def _register_train(actions: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     target = out if out.suffix == ".json" else out / TOKENIZER_FILE
+    if out.suffix != ".json" and out.exists() and not out.is_dir():
+        raise DataError(f"output path exists and is not a folder: {out}")
     if target.exists() and not args.overwrite:
         raise DataError(f"{target} exists (pass --overwrite to replace it)")
+    # Only a folder holding nothing but an earlier tokenizer is ours to write into: a run or
+    # dataset folder's tokenizer.json belongs to its weights or shards.
+    others = sorted(p.name for p in out.iterdir() if p.name != TOKENIZER_FILE) \
+        if out.suffix != ".json" and out.is_dir() else []
+    if others and not args.overwrite:
+        raise DataError(f"output folder {out} holds other files ({', '.join(others[:3])}"
+                        f"{', ...' if len(others) > 3 else ''}), not just a tokenizer; choose "
+                        f"another folder, or pass --overwrite to write {TOKENIZER_FILE} into it")
     start = time.perf_counter()
     tok = train_tokenizer(args.inputs, kind=args.kind, vocab_size=args.vocab_size,
                           special_tokens=args.special_tokens, lowercase=args.lowercase,

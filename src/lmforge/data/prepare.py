@@ -34,6 +34,7 @@ whole documents and whole sentences.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import multiprocessing
@@ -42,9 +43,11 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,8 +296,54 @@ def _run_chunks(chunks: Iterable[tuple[list[str], str | None]], workers: int,
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+    except BrokenProcessPool:
+        # The pool notices a dead worker (killed, out of memory, os._exit) at once; one line
+        # instead of the pool's traceback, and no waiting on chunks that will never come.
+        raise DataError("a prepare worker process died (killed, out of memory?); run again, "
+                        "or with workers=1 (--workers 1) to tokenize in this process") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _unguarded_main_script() -> str | None:
+    """The path of the ``__main__`` script when it calls us from its top level outside
+    ``if __name__ == "__main__":``, else None.
+
+    A "spawn" worker re-runs such a script to rebuild ``__main__``: it would train, prepare
+    and write again, then die starting workers of its own. Scripts run by path or by module
+    name are re-run; ``python -c``, the REPL, notebooks and packages' ``__main__`` are not.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None) or ""
+    if main is None or path is None or spec_name == "__main__" or spec_name.endswith(".__main__"):
+        return None
+    frame, line = sys._getframe(1), None
+    while frame is not None:  # the outermost frame of the script's own top-level code
+        if frame.f_globals is main.__dict__ and frame.f_code.co_name == "<module>":
+            line = frame.f_lineno
+        frame = frame.f_back
+    if line is None:
+        return None
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return path  # cannot tell: tokenizing in-process is the safe side
+    for node in tree.body:
+        if isinstance(node, ast.If) and _is_main_guard(node.test) and \
+                node.body[0].lineno <= line <= (node.body[-1].end_lineno or line):
+            return None
+    return path
+
+
+def _is_main_guard(test: ast.expr) -> bool:
+    """``__name__ == "__main__"`` (either way round)."""
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1
+            and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    return any(isinstance(s, ast.Name) and s.id == "__name__" for s in sides) and \
+        any(isinstance(s, ast.Constant) and s.value == "__main__" for s in sides)
 
 
 # ----------------------------------------------------------------------------- main side
@@ -475,8 +524,14 @@ def prepare_corpus(inputs: Sequence[str | Path], tokenizer: Tokenizer | str | Pa
     folder beside ``out_dir`` and renamed into place at the end, so a failed run leaves no
     half-written dataset and never damages an existing one.
 
-    With ``workers`` > 1, worker processes are started with "spawn": a script calling this
-    must do so under ``if __name__ == "__main__":``.
+    With ``workers`` > 1 (default: one per available core), worker processes are started
+    with "spawn": forking a process whose tokenizers (or torch) thread pools have run can
+    deadlock. A spawned worker re-runs the calling script to rebuild ``__main__``, so a script
+    that calls this from its top level outside ``if __name__ == "__main__":`` (like the
+    README's example) is detected and tokenized in this process instead, with a warning:
+    measured on 5.6 MB of text with 2 contended cores, 1 process took 3.4 s, 2 spawned
+    workers 3.6 s, 2 forked 2.9-3.3 s, so the guard only matters for large corpora on many
+    cores. A worker that dies (killed, out of memory) fails the call at once with a DataError.
     """
     opts = from_dict(PrepareOptions, options, where="prepare options")
     tok = _resolve_tokenizer(tokenizer)
@@ -505,6 +560,12 @@ def prepare_corpus(inputs: Sequence[str | Path], tokenizer: Tokenizer | str | Pa
     chunks = (_chunks(val_paths, "val", read), _chunks(train_paths, "train", read)) if val_paths \
         else (_chunks(train_paths, None, read),)
     workers = opts.workers if opts.workers is not None else available_cores()
+    script = _unguarded_main_script() if workers > 1 else None
+    if script is not None:
+        warnings.warn(f"tokenizing in this process: {script} calls prepare_corpus outside "
+                      f"'if __name__ == \"__main__\":', which worker processes would re-run; "
+                      f"put the call under that guard to use {workers} workers", stacklevel=2)
+        workers = 1
 
     tmp = temp_dir_beside(out)
     writers = {split: ShardWriter(tmp, split, dtype, opts.shard_tokens, opts.split_sentences)

@@ -22,6 +22,10 @@ def is_encoder(model: torch.nn.Module) -> bool:
 def require_encoder(model: torch.nn.Module, what: str) -> None:
     """Refuse a decoder, an LSTM or an encoder without a masked-LM head: ``what`` needs
     predictions from both sides of a token."""
+    if getattr(model, "spec", None) is not None:  # a fine-tuned task model: backbone + head
+        raise ConfigError(f"{what} needs a language model, not a fine-tuned {model.spec.task} "
+                          f"model; pass its backbone (model.backbone) or the model it was "
+                          f"fine-tuned from")
     if not is_encoder(model):
         arch = getattr(model.config, "arch", "decoder")
         raise ConfigError(f"{what} needs an encoder model with a masked-LM head (arch=encoder, "

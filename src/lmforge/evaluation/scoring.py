@@ -118,6 +118,10 @@ def score_text(model: torch.nn.Module, tokenizer: Tokenizer, text: str, stride: 
 
     An encoder is scored by pseudo-log-likelihood (``pll_score_text``), ``batch_size`` masked
     copies of the text per forward pass; it centres a window on every token, so takes no stride."""
+    if getattr(model, "spec", None) is not None:  # a fine-tuned task model: backbone + head
+        raise ConfigError(f"scoring needs a language model, not a fine-tuned {model.spec.task} "
+                          f"model; pass its backbone (model.backbone) or the model it was "
+                          f"fine-tuned from")
     if getattr(model.config, "arch", "decoder") == "encoder":
         if stride is not None:
             raise ConfigError("stride does not apply to an encoder: pseudo-log-likelihood scores "

@@ -359,6 +359,10 @@ def generate_tokens(model: torch.nn.Module, prompts: Sequence[Sequence[int]], ma
     (:func:`generate_seq2seq`); a decoder continues it, by beam search when ``num_beams`` > 1
     (:func:`beam_search_decoder`), else by :func:`~lmforge.generation.generate`. ``kwargs`` are
     those of :func:`~lmforge.generation.generate`; ``compile`` applies to that last path only."""
+    if getattr(model, "spec", None) is not None:  # a fine-tuned task model: backbone + head
+        raise ConfigError(f"generation needs a language model, not a fine-tuned {model.spec.task} "
+                          f"model; pass its backbone (model.backbone) or the model it was "
+                          f"fine-tuned from")
     compile = kwargs.pop("compile", False)
     if getattr(model.config, "arch", None) == "encoder-decoder":
         return generate_seq2seq(model, prompts, max_new_tokens, num_beams=num_beams,

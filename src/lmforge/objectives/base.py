@@ -5,6 +5,7 @@ what is being learned."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from typing import Any
 
@@ -123,4 +124,21 @@ def get_objective(name: str, tokenizer=None, meta: dict | None = None, **options
     """Instantiate objective ``name`` with the dataset's tokenizer/meta and its options."""
     if name not in OBJECTIVES:
         raise ConfigError(f"unknown objective '{name}'; choose one of: {', '.join(OBJECTIVES)}")
+    check_options(OBJECTIVES[name], options, f"objective_args of {name}",
+                  skip=("tokenizer", "meta"))
     return OBJECTIVES[name](tokenizer=tokenizer, meta=meta, **options)
+
+
+def check_options(cls: type, options: dict[str, Any], where: str,
+                  skip: tuple[str, ...] = ()) -> None:
+    """An unknown key in ``options`` for ``cls(...)`` is a ConfigError listing the valid ones
+    (a class that takes ``**options`` checks its own)."""
+    params = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n, p in params.items()
+             if n not in skip and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}; valid: "
+                          f"{', '.join(valid) or 'none'}")

@@ -56,8 +56,9 @@ class SequenceClassification(TaskObjective):
         found = sorted_labels({r.label for r in rows})
         if self.labels is None:
             if len(found) < 2:
-                raise DataError(f"the training data has {len(found)} distinct label(s) ({found}); "
-                                "classification needs at least 2")
+                raise DataError(f"the training data has only {len(found)} distinct label "
+                                f"({', '.join(map(repr, found)) or 'none'}) in {len(rows)} "
+                                "example(s); classification needs examples of at least 2 labels")
             self.labels = found
         elif unknown := [x for x in found if x not in self.labels]:
             raise DataError(f"training labels {unknown} are not among the model head's labels {self.labels}")

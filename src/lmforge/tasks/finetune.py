@@ -26,6 +26,7 @@ from ..models.config import preset
 from ..models.io import build_model
 from ..models.lora import apply_lora, merge_lora, trainable_parameters
 from ..models.task_head import TaskModel, TaskSpec
+from ..objectives.base import check_options
 from ..training.config import TrainConfig
 from ..training.engine import Trainer, set_dropout
 from .base import TaskObjective, get_task
@@ -151,10 +152,15 @@ class FinetuneTrainer(Trainer):
         if task_cls.head is None:  # generative tasks: the chat template, special tokens
             options |= dict(tokenizer_config=tok_cfg, encoding=cfg.encoding)
         arch = backbone.config.arch
+        check_options(task_cls, cfg.task_args or {}, f"task_args of {cfg.task}",
+                      skip=("tokenizer", "arch", "max_length"))
         objective: TaskObjective = task_cls(tokenizer, arch, max_length, **options)
         train_rows = objective.read(cfg.data)
         if cfg.val_data:
             val_rows = objective.read(cfg.val_data)
+        elif len(train_rows) < 2:  # holding one out would leave nothing to train on
+            raise DataError(f"{cfg.data}: only {len(train_rows)} example; fine-tuning needs at "
+                            "least 2 (some are held out for validation), or a val_data file")
         else:
             train_rows, val_rows = split_validation(train_rows, cfg.val_fraction)
         if 0 < cfg.max_train_examples < len(train_rows):
