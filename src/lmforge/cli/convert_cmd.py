@@ -35,7 +35,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..interop.hf import export_hf, is_hf_folder
-    from ..models.io import load_model, save_pretrained
+    from ..interop.model_folder import save_pretrained
+    from ..models.io import load_model
 
     src, out = Path(args.src), Path(args.out)
     if not src.exists():

@@ -1,4 +1,7 @@
-"""Hugging Face-style model folders: ``config.json`` + ``model.safetensors`` + ``tokenizer.json``.
+"""lmforge's own model folder format: ``config.json`` (an ``lmforge`` section) +
+``model.safetensors`` (lmforge tensor names) + ``tokenizer.json``. A run's ``model/`` is written by
+:func:`lmforge.interop.model_folder.save_pretrained`, which uses this format only for models with
+no Hugging Face counterpart and otherwise a folder transformers loads.
 
 Weights are safetensors only (never pickle). Tied output weights are stored once.
 """
@@ -138,7 +141,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     from ..interop.hf import is_hf_folder, load_hf
     if is_hf_folder(path):
         return load_hf(path, device=device, dtype=dtype)
-    model = _load_lmforge(path, device, dtype)
+    from ..interop.model_folder import load_model_folder  # either layout of lmforge's folder
+    model = load_model_folder(path, device, dtype)
     tok_path = tokenizer_path(path)
     tokenizer = None
     if tok_path is not None:

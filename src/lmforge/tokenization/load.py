@@ -88,7 +88,8 @@ def _from_bert_vocab(vocab_path: Path) -> Tokenizer:
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """Load a tokenizer from a ``tokenizer.json`` file or a folder holding one of:
     ``tokenizer.json``; ``vocab.json`` + ``merges.txt`` (GPT-2 byte-level BPE, with
-    ``<|endoftext|>`` as a special token); ``vocab.txt`` (BERT WordPiece).
+    ``<|endoftext|>`` as a special token); ``vocab.txt`` (BERT WordPiece); or a training run
+    folder, whose ``model/`` holds the tokenizer (as ``from_pretrained(RUN_FOLDER)`` reads it).
     Raises DataError with one clear line when nothing loadable is there.
     """
     path = Path(path)
@@ -104,8 +105,13 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         return _from_gpt2_files(path)
     if (path / "vocab.txt").is_file():
         return _from_bert_vocab(path / "vocab.txt")
+    if (path / "model").is_dir() and path.name != "model":  # a run folder: its exported model
+        try:
+            return load_tokenizer(path / "model")
+        except DataError:
+            pass  # say what is missing in the folder the user named
     raise DataError(f"no tokenizer in {path}: expected tokenizer.json, vocab.json + merges.txt, "
-                    "or vocab.txt")
+                    "vocab.txt, or a run folder's model/ holding one")
 
 
 def save_tokenizer(tok: Tokenizer, path: str | Path) -> Path:

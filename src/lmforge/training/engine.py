@@ -554,7 +554,8 @@ class Trainer:
         if self.ranks.distributed and self.ranks.parallel != "ddp":
             model = distributed.gathered_model(self.model, self.skeleton, self.ranks)
         if self.ranks.is_main:
-            save_pretrained(model, out, self.export_tokenizer, tokenizer_config=self.tokenizer_config)
+            from ..interop.model_folder import save_pretrained as save_model_folder
+            save_model_folder(model, out, self.export_tokenizer, tokenizer_config=self.tokenizer_config)
             try:
                 plot_loss(self.run_dir)
             except DataError:
