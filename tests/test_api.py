@@ -123,6 +123,8 @@ def test_predict_takes_a_loaded_model_and_names_a_missing_tokenizer(work, runs):
         lmforge.predict(model, [q])
     with pytest.raises(DataError, match="model not found"):
         lmforge.predict(work / "missing", ["x"])
+    with pytest.raises(ConfigError, match="'bert-mini' is a preset"):
+        lmforge.pipeline("fill-mask", model="bert-mini")
 
 
 def test_embed_equals_the_command(work):

@@ -373,6 +373,13 @@ def test_finetuned_run_model_loads_in_transformers(shakespeare, tmp_path, caplog
         with torch.no_grad():
             assert (hf(input_ids=ids).logits - ours(ids)).abs().max() <= ATOL
         assert auto_tok(text)["input_ids"] == tok.encode(text).ids
+    # `lmforge convert` writes the same classifier, with the fix named in one warning line.
+    proc = run_cli("convert", tmp_path / "run", tmp_path / "hf")
+    assert proc.returncode == 0, proc.stderr
+    assert "set model.config.pad_token_id" in proc.stderr and "Traceback" not in proc.stderr
+    again = T.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=ids).logits, hf(input_ids=ids).logits)
 
 
 @pytest.mark.parametrize("task,auto", [("classification", "AutoModelForSequenceClassification"),

@@ -51,13 +51,19 @@ def load(model: str | Path | torch.nn.Module, tokenizer: str | Path | Tokenizer 
     elif isinstance(model, (str, Path)):
         path = Path(model)
         if not path.exists():
+            from .models.config import PRESETS
+            if str(model) in PRESETS:  # an architecture, not weights: say so, not "not found"
+                raise ConfigError(f"'{model}' is a preset, an untrained architecture: pass a "
+                                  "trained model (folder, run folder or .gguf), or fine-tune it "
+                                  "with lmforge.finetune(model=..., tokenizer=...)")
             raise DataError(f"model not found: {path}")
         model, found, tok_cfg = load_model(path, device=resolve_device(device))
     else:
         raise ConfigError(f"model must be a path or a loaded model, got {type(model).__name__}")
     if isinstance(tokenizer, (str, Path)):
         tokenizer = load_tokenizer(tokenizer)
-    tokenizer = tokenizer or found
+    if tokenizer is None:
+        tokenizer = found
     if tokenizer is None and need_tokenizer:
         where = f"with the model in {path}" if path is not None else "for a loaded model"
         raise ConfigError(f"no tokenizer {where}: pass tokenizer=PATH_OR_TOKENIZER")

@@ -60,10 +60,10 @@ def save_pretrained(model: torch.nn.Module, path: str | Path, tokenizer: Tokeniz
         save_file(weights, str(tmp / io.WEIGHTS_NAME), metadata={"format": "pt"})
         if tokenizer is not None:
             write_hf_tokenizer(tokenizer, tmp, model.config, layout.names, tokenizer_config, layout.family)
-            if tokenizer_config:  # keep lmforge's own keys (chat template, ...) beside HF's
+            if tokenizer_config:  # the model's own keys (chat template, token names) win
                 written = json.loads((tmp / io.TOKENIZER_CONFIG_NAME).read_text(encoding="utf-8"))
                 (tmp / io.TOKENIZER_CONFIG_NAME).write_text(json.dumps(
-                    {**tokenizer_config, **written}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+                    {**written, **tokenizer_config}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         io.replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
