@@ -272,3 +272,12 @@ def test_load_tokenizer_reads_a_run_folder(work, runs):
     assert tokenizer_sha256(load_tokenizer(runs["classification"] / "model")) == expected
     with pytest.raises(DataError, match="no tokenizer in"):
         load_tokenizer(work)
+
+
+def test_finetune_resume_continues_the_recorded_run(work, runs):
+    import shutil
+    run = work / "resumed"
+    shutil.copytree(runs["classification"], run)
+    first = json.loads((run / "eval.json").read_text())
+    result = lmforge.finetune(None, None, out_dir=run, resume=True, epochs=10)
+    assert result["step"] == 50 > first["step"] and result["out_dir"] == str(run)

@@ -198,7 +198,7 @@ def plan(model: str = "gpt2", **fields) -> dict:
     return make_plan(from_dict(PlanConfig, {"model": model, **fields}, where="lmforge.plan"))
 
 
-def finetune(model: str | Path | torch.nn.Module, data: str | Path, *, out_dir: str | Path = "runs/finetune",
+def finetune(model: str | Path | torch.nn.Module | None, data: str | Path | None, *, out_dir: str | Path = "runs/finetune",
              task: str = "classification", val_data: str | Path = "",
              tokenizer: str | Path | Tokenizer | None = None, seeds: Sequence[int] | None = None,
              overwrite: bool = False, resume: bool = False, **fields) -> dict:
@@ -207,9 +207,12 @@ def finetune(model: str | Path | torch.nn.Module, data: str | Path, *, out_dir: 
     max_steps, lr, batch_size, block_size, lora_r, ...) with the command's defaults. Returns the
     final metrics (``val_*``, ``step``, ``best_step``, ...) with ``out_dir``; with ``seeds``, one
     run per seed under OUT_DIR/seed-N and their mean and std. ``resume`` continues the run in
-    ``out_dir`` from its last checkpoint (with its recorded config, ``fields`` on top)."""
-    from .config import from_dict, load_file
-    from .tasks.finetune import FinetuneConfig, finetune as run_finetune
+    ``out_dir`` from its last checkpoint (with its recorded config, ``fields`` on top; ``model``
+    and ``data`` may then be None)."""
+    from .config import from_dict
+    from .tasks.finetune import FinetuneConfig, finetune as run_finetune, resume_config
+    if not resume and (model is None or data is None):
+        raise ConfigError("finetune needs a model and a training data file (None only with resume=True)")
     data_fields = {k: str(v) if isinstance(v, Path) else v for k, v in fields.items()}
     with tempfile.TemporaryDirectory(prefix="lmforge-finetune-") as tmp:
         if isinstance(model, torch.nn.Module):  # the trainer reads a folder: save it there
@@ -220,11 +223,7 @@ def finetune(model: str | Path | torch.nn.Module, data: str | Path, *, out_dir: 
             from .tokenization import save_tokenizer
             tokenizer = save_tokenizer(tokenizer, Path(tmp) / "tokenizer")
         if resume:
-            recorded = load_file(Path(out_dir) / "config.yaml")
-            recorded.pop("resolved", None)
-            cfg = from_dict(FinetuneConfig, {**recorded, **data_fields, "out_dir": str(out_dir)},
-                            where=f"{out_dir}/config.yaml")
-            result = run_finetune(cfg, resume=True)
+            result = run_finetune(resume_config(out_dir, data_fields), resume=True)
         else:
             given = {"model": str(model), "data": str(data), "out_dir": str(out_dir), "task": task,
                      "val_data": str(val_data), **data_fields}

@@ -713,7 +713,7 @@ def hf_layout(model: torch.nn.Module, tokenizer: Tokenizer | None,
                     f"config.json sets no pad_token_id and transformers' {arch} classifies one "
                     f"text per call (a batch of several raises); to batch there, set "
                     f"model.config.pad_token_id to an id your texts never contain, e.g. "
-                    f"{special_names_hint(tokenizer)}")
+                    f"{pad_id_hint(tokenizer)}")
     hf_config = config_to_hf(cfg_for_table, family, arch, ids)
     if family == "bert" and tokenizer is not None:
         hf_config["pad_token_id"] = ids.get("pad_token_id", 0)
@@ -759,7 +759,7 @@ def task_class(family: str, model: torch.nn.Module, tokenizer: Tokenizer | None,
     return arch, cfg, entries
 
 
-def special_names_hint(tokenizer: Tokenizer | None) -> str:
+def pad_id_hint(tokenizer: Tokenizer | None) -> str:
     """A token id a padded batch can use as pad_token_id: a special token that texts do not contain
     and lmforge's classification input does not end with."""
     if tokenizer is None:
