@@ -96,8 +96,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     if path.is_file() and path.name in ("vocab.json", "merges.txt"):
         path = path.parent
     if path.is_file() and path.suffix == ".gguf":  # read with the model, a layer above
-        raise DataError(f"{path}: a GGUF file's tokenizer comes with its model: "
-                        "model, tokenizer, _ = lmforge.models.io.load_model(path)")
+        raise DataError(f"{path}: a GGUF file's tokenizer is read with its model: pass the file "
+                        "as the model (lmforge.pipeline, predict, embed and every --model do)")
     if path.is_file():
         return _from_bert_vocab(path) if path.suffix == ".txt" else _from_json(path)
     if not path.is_dir():
