@@ -226,7 +226,7 @@ def test_fsdp_two_ranks_equal_one_process_with_doubled_batch(single, data, tmp_p
     losses = ok(run_ranks(train, out_dir=str(bf16), data=str(data),
                           **{**TINY, "parallel": "fsdp", "precision": "bf16", "lr": 3e-3}))
     assert losses[0]["train_loss"] == losses[1]["train_loss"] < train_losses(bf16)[1] - 0.1
-    assert weights(bf16)["wte.weight"].dtype == torch.float32  # the fp32 master weights
+    assert weights(bf16)["transformer.wte.weight"].dtype == torch.float32  # fp32 master weights (HF names)
 
 
 def test_encoder_mlm_under_ddp_and_fsdp(tmp_path):

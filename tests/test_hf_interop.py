@@ -305,3 +305,99 @@ def test_task_heads_round_trip(name, text_ids, tmp_path):
     back, info = cls.from_pretrained(tmp_path / "out", output_loading_info=True)
     assert not any(info.values()), info
     assert back.config.id2label == hf.config.id2label and back.config.num_labels == hf.config.num_labels
+
+
+# ---- lmforge's own model folder (a run's model/) is a transformers folder ------------------------
+def tiny_lmforge(name: str):
+    torch.manual_seed(3)
+    small = dict(vocab_size=V, context_length=64, n_layer=2, n_head=4, n_embd=48)
+    cfg = {"gpt": lambda: preset("gpt-mini", **small),
+           "llama": lambda: preset("llama-mini", **small, n_kv_head=2),
+           "bert": lambda: preset("bert-mini", **small)}[name]()
+    return build_model(cfg).eval()
+
+
+@pytest.mark.parametrize("name,auto", [("gpt", "AutoModelForCausalLM"), ("llama", "AutoModelForCausalLM"),
+                                        ("bert", "AutoModelForMaskedLM")])
+def test_model_folder_loads_in_transformers_and_back_bit_exact(name, auto, tmp_path):
+    from lmforge.interop.model_folder import save_pretrained as save_model_folder
+    model = tiny_lmforge(name)
+    text_ids = torch.randint(3, V, (2, 24), generator=torch.Generator().manual_seed(0))
+    save_model_folder(model, tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["model_type"] in ("gpt2", "llama", "bert") and "lmforge" in config
+    hf = getattr(T, auto).from_pretrained(tmp_path / "model").eval()
+    with torch.no_grad():
+        ours = model.mlm_logits(model(text_ids)) if name == "bert" else model(text_ids)
+        assert (hf(input_ids=text_ids).logits - ours).abs().max() <= ATOL
+    back = from_pretrained(tmp_path / "model")
+    a, b = model.state_dict(), back.state_dict()
+    assert back.config == model.config
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_model_folder_without_hf_family_keeps_lmforge_format(tmp_path):
+    from lmforge.interop.model_folder import save_pretrained as save_model_folder
+    model = build_model(preset("lstm-small", vocab_size=V, n_layer=1, n_embd=32))
+    save_model_folder(model, tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert "model_type" not in config and config["lmforge"]["arch"] == "lstm"
+    back = from_pretrained(tmp_path / "model")
+    assert all(torch.equal(x, y) for x, y in zip(model.state_dict().values(), back.state_dict().values()))
+
+
+def test_finetuned_run_model_loads_in_transformers(shakespeare, tmp_path, caplog):
+    """A decoder classifier fine-tuned by `lmforge finetune` (its tokenizer has no pad token):
+    RUN/model loads with AutoModelForSequenceClassification, same logits, labels kept, and a
+    warning says how to batch there."""
+    from lmforge.tasks.finetune import FinetuneConfig, finetune
+    from lmforge.models.task_head import TaskModel
+    tok = train_tokenizer([str(shakespeare)], kind="bpe",
+                          vocab_size=300, special_tokens=["<|endoftext|>"])
+    save_pretrained(build_model(preset("gpt-mini", vocab_size=300, context_length=64, n_layer=1,
+                                       n_head=2, n_embd=32)), tmp_path / "base", tok)
+    rows = [("a good play", "pos"), ("a bad play", "neg")] * 8
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows))
+    with caplog.at_level(logging.WARNING):
+        finetune(FinetuneConfig(model=str(tmp_path / "base"), data=str(data), val_data=str(data),
+                                out_dir=str(tmp_path / "run"), max_steps=3, epochs=1, batch_size=8,
+                                block_size=32, threads=1, progress=False, tensorboard=False))
+    assert any("pad_token_id" in r.getMessage() for r in caplog.records)
+    ours = from_pretrained(tmp_path / "run")
+    assert isinstance(ours, TaskModel)
+    hf = T.AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "model").eval()
+    assert hf.config.id2label == {0: "neg", 1: "pos"} and hf.config.pad_token_id is None
+    auto_tok = T.AutoTokenizer.from_pretrained(tmp_path / "run" / "model")
+    for text in ("a good play", "a bad play to see"):
+        ids = torch.tensor([tok.encode(text).ids + [tok.token_to_id("<|endoftext|>")]])
+        with torch.no_grad():
+            assert (hf(input_ids=ids).logits - ours(ids)).abs().max() <= ATOL
+        assert auto_tok(text)["input_ids"] == tok.encode(text).ids
+    # `lmforge convert` writes the same classifier, with the fix named in one warning line.
+    proc = run_cli("convert", tmp_path / "run", tmp_path / "hf")
+    assert proc.returncode == 0, proc.stderr
+    assert "set model.config.pad_token_id" in proc.stderr and "Traceback" not in proc.stderr
+    again = T.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=ids).logits, hf(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("task,auto", [("classification", "AutoModelForSequenceClassification"),
+                                       ("token-classification", "AutoModelForTokenClassification"),
+                                       ("qa", "AutoModelForQuestionAnswering")])
+def test_bert_task_model_folder_loads_in_transformers(task, auto, tmp_path):
+    from lmforge.interop.model_folder import save_pretrained as save_model_folder
+    from lmforge.models.task_head import TaskModel, TaskSpec
+    labels = [] if task == "qa" else ["O", "B-X", "I-X"]
+    model = TaskModel(tiny_lmforge("bert"), TaskSpec(task, labels=labels)).eval()
+    save_model_folder(model, tmp_path / "model")
+    hf = getattr(T, auto).from_pretrained(tmp_path / "model").eval()
+    ids = torch.randint(3, V, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = hf(input_ids=ids)
+        expected = torch.stack([out.start_logits, out.end_logits], -1) if task == "qa" else out.logits
+        assert (model(ids) - expected).abs().max() <= ATOL
+    back = from_pretrained(tmp_path / "model")
+    a, b = model.state_dict(), back.state_dict()
+    assert back.spec == model.spec and all(torch.equal(a[k], b[k]) for k in a)

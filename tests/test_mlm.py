@@ -9,7 +9,7 @@ from lmforge.errors import ConfigError
 from lmforge.hub import from_pretrained
 from lmforge.models import build_model, preset, save_pretrained
 from lmforge.objectives import get_objective
-from lmforge.tokenization import train_tokenizer, save_tokenizer
+from lmforge.tokenization import train_tokenizer
 from lmforge.data.prepare import prepare_corpus
 
 from _util import SHAKESPEARE, assert_one_line_error, run_cli

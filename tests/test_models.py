@@ -10,10 +10,10 @@ import torch
 
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.hub import from_pretrained
-from lmforge.models import GPT, PRESETS, ModelConfig, preset, save_pretrained
+from lmforge.models import GPT, PRESETS, preset, save_pretrained
 from lmforge.models.transformer import RMSNorm
 
-from _util import assert_one_line_error, run_cli
+from _util import run_cli
 
 
 def meta_params(name: str, **overrides) -> int:

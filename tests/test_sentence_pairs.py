@@ -9,7 +9,7 @@ import torch
 
 from lmforge.data.dataset import TokenShards
 from lmforge.data.prepare import prepare_corpus
-from lmforge.errors import ConfigError, DataError
+from lmforge.errors import ConfigError
 from lmforge.objectives import get_objective
 from lmforge.tokenization import train_tokenizer
 

@@ -9,6 +9,10 @@ The public API, on which the `lmforge` CLI is built::
     model = lmforge.from_pretrained("runs/gpt")
     lmforge.generate_text(model, tok, ["Once upon a time"], max_new_tokens=50)
     lmforge.score_text(model, tok, "To be, or not to be").perplexity
+
+Each command has its function, with the command's defaults (`lmforge.finetune`, `predict`,
+`evaluate`, `embed`, `convert`, `plan`: see :mod:`lmforge.api`), and ``lmforge.pipeline(task,
+model=...)`` gives transformers-style pipelines (see :mod:`lmforge.pipelines`).
 """
 
 __version__ = "0.1.0"
@@ -22,7 +26,9 @@ _EXPORTS = {
     "generate": ".generation", "generate_text": ".generation",
     "score_text": ".evaluation.scoring",
     "GPT": ".models", "PRESETS": ".models", "ModelConfig": ".models", "from_pretrained": ".hub",
-    "preset": ".models", "save_pretrained": ".models",
+    "preset": ".models", "save_pretrained": ".api",
+    "convert": ".api", "embed": ".api", "evaluate": ".api", "finetune": ".api", "plan": ".api",
+    "predict": ".api", "pipeline": ".pipelines",
     "load_tokenizer": ".tokenization", "save_tokenizer": ".tokenization",
     "train_tokenizer": ".tokenization",
     "TrainConfig": ".training", "Trainer": ".training", "pretrain": ".training",

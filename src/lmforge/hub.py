@@ -20,8 +20,9 @@ import torch
 from .errors import CheckpointError
 from .interop.gguf import load_gguf
 from .interop.hf import is_hf_folder, load_hf
+from .interop.model_folder import load_model_folder
 from .models.config import PRESETS, preset
-from .models.io import TOKENIZER_CONFIG_NAME, build_model, load_lmforge_folder, tokenizer_path
+from .models.io import TOKENIZER_CONFIG_NAME, build_model, tokenizer_path
 from .tokenization import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
                               "see `lmforge models`)")
     if is_hf_folder(path):
         return load_hf(path, device=device, dtype=dtype)
-    model = load_lmforge_folder(path, device, dtype)
+    model = load_model_folder(path, device, dtype)  # either layout of lmforge's own folder
     tok_path = tokenizer_path(path)
     tokenizer = load_tokenizer(tok_path) if tok_path is not None else None
     tok_cfg = {}

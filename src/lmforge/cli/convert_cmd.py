@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
-
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from .flags import add_out_flag, examples
-
-DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 
 def register(sub) -> None:
@@ -40,38 +34,14 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..interop.hf import export_hf, is_hf_folder
-    from ..hub import load_model
-    from ..models.io import save_pretrained
-
+    from ..api import convert_model
     if args.out and args.out_positional and args.out != args.out_positional:
         raise ConfigError("give the output once: OUT or --out, not both")
     if not (args.out or args.out_positional):
         raise ConfigError("no output given: pass --out OUT (a folder, or a .gguf file)")
-    src, out = Path(args.src), Path(args.out or args.out_positional)
-    if not src.exists():
-        raise DataError(f"model not found: {src}")
-    to = args.to or ("gguf" if out.suffix == ".gguf" else
-                     "lmforge" if src.suffix == ".gguf" or is_hf_folder(src) else "hf")
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"{out} exists; pass --overwrite to replace it")
-    if args.dtype == "q8_0" and to != "gguf":
-        raise ConfigError("--dtype q8_0 is for --to gguf only")
-    if args.architecture and to != "hf":
-        raise ConfigError("--architecture is for --to hf only")
-    model, tokenizer, tok_cfg = load_model(src)
-    if to == "gguf":
-        from ..interop.gguf import write_gguf
-        if tokenizer is None:
-            raise DataError(f"no tokenizer found with {src}; GGUF files embed one")
-        write_gguf(model, tokenizer, out, dtype=args.dtype or "f16", tokenizer_config=tok_cfg)
-    else:
-        dtype = DTYPES[args.dtype or "f32"]
-        if to == "hf":
-            export_hf(model, tokenizer, out, tokenizer_config=tok_cfg,
-                      architecture=args.architecture, dtype=dtype)
-        else:
-            save_pretrained(model.to(dtype), out, tokenizer, tokenizer_config=tok_cfg)
+    out, to, model = convert_model(args.src, args.out or args.out_positional, to=args.to,
+                                   dtype=args.dtype, architecture=args.architecture,
+                                   overwrite=args.overwrite)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {out} ({to}, {model.config.arch}, {n / 1e6:.2f}M parameters)")
     return 0

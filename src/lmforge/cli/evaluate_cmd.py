@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ..errors import DataError
+from ..files import atomic_write_text
 from .flags import add_out_flag, examples
 from .inference import add_model_flags, add_task_flags, load_task
 
@@ -28,28 +28,21 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..errors import DataError
+    from ..tasks.inference import evaluate_file
     model, objective, device, autocast_ctx = load_task(args)
-    if getattr(objective, "max_eval_examples", 0) is None:
-        objective.max_eval_examples = 0  # sft: generate and score every response here
-    rows = objective.read(args.data)
-    features = objective.featurize(rows, training=False)
-    if not features:
-        raise DataError(f"{args.data}: no examples to evaluate")
-    batches = objective.eval_batches(features, 0, args.batch_size, 0)
-    metrics = objective.evaluate(model, batches, device, autocast_ctx)
-    metrics = {k.removeprefix("val_"): v for k, v in metrics.items()}
+    report = evaluate_file(model, objective, args.data, args.batch_size, device, autocast_ctx)
+    metrics = {k: v for k, v in report.items() if k not in ("data", "examples", "windows")}
     width = max(len(k) for k in metrics)
     # Examples as the file holds them (a QA question or a long NER sentence may span several
     # model windows: those are counted apart).
-    windows = f" in {len(features)} model windows" if len(features) != len(rows) else ""
-    print(f"{args.data}: {len(rows)} examples{windows}")
+    rows, windows = report["examples"], report["windows"]
+    print(f"{args.data}: {rows} examples" + (f" in {windows} model windows" if windows != rows else ""))
     for k, v in metrics.items():
         print(f"  {k:<{width}}  {v:.4f}")
     if args.out:
         try:
-            Path(args.out).write_text(json.dumps({"data": args.data, "examples": len(rows),
-                                                  **metrics}, indent=2) + "\n")
+            atomic_write_text(args.out, json.dumps({"data": args.data, "examples": rows,
+                                                    **metrics}, indent=2) + "\n")
         except OSError as exc:
             raise DataError(f"cannot write {args.out}: {exc.strerror}") from None
     return 0

@@ -38,7 +38,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tasks.finetune import FinetuneConfig, finetune, format_summary
+    from ..tasks.finetune import FinetuneConfig, finetune, format_summary, resume_config
     seeds = None
     if args.seeds:
         try:
@@ -46,11 +46,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     if args.resume:
-        data = load_file(f"{args.resume}/config.yaml")
-        data.pop("resolved", None)
-        data.update(flags_to_dict(args, FinetuneConfig))
-        data["out_dir"] = args.resume
-        cfg = from_dict(FinetuneConfig, data, where=f"{args.resume}/config.yaml")
+        cfg = resume_config(args.resume, flags_to_dict(args, FinetuneConfig))
         result = finetune(cfg, resume=True)
     else:
         data = load_file(args.config) if args.config else {}

@@ -115,23 +115,15 @@ def add_task_flags(p: argparse.ArgumentParser) -> None:
 def load_task(args: argparse.Namespace):
     """(model in eval mode, its task objective, device, autocast context factory) for --model:
     a task head's own task, or the generative task and options its fine-tuning run recorded."""
-    from ..tasks.inference import headless_task_options, objective_for
+    from ..tasks.inference import task_objective
     from ..runtime import autocast, resolve_precision
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     model, tokenizer, tok_cfg = load_model_tokenizer_config(args)
-    options = {}
-    spec = getattr(model, "spec", None)
-    if spec is not None and spec.task in ("classification", "regression"):
-        options = dict(text_column=args.text_column, text_pair_column=args.text_pair_column,
-                       label_column=getattr(args, "label_column", None),
-                       encoding=args.encoding)
-    task = args.task
-    if spec is None:  # a generative model: the options its run recorded, then the flags
-        task, options = headless_task_options(args.model, args.task, tok_cfg, args.task_args,
-                                              max_new_tokens=args.max_new_tokens,
-                                              num_beams=args.num_beams, encoding=args.encoding)
-    objective = objective_for(model, tokenizer, task, **options)
+    objective = task_objective(model, tokenizer, tok_cfg, args.model, args.task, args.task_args,
+                               max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+                               text_column=args.text_column, text_pair_column=args.text_pair_column,
+                               label_column=getattr(args, "label_column", None), encoding=args.encoding)
     device = next(model.parameters()).device
     precision = resolve_precision(args.precision, device)
     return model.eval(), objective, device, lambda: autocast(device, precision)

@@ -50,17 +50,17 @@ def stdin_file(task: str) -> Path:
 
 
 def run(args) -> int:
+    from ..tasks.inference import predict_file
     model, objective, device, autocast_ctx = load_task(args)
     path = stdin_file(objective.name) if args.data == "-" else Path(args.data)
-    examples = objective.read(str(path), labeled=False)
-    predictions = objective.predict(model, examples, args.batch_size, device, autocast_ctx)
+    predictions = predict_file(model, objective, path, args.batch_size, device, autocast_ctx)
     try:
         out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     except OSError as exc:
         raise DataError(f"cannot write {args.out}: {exc.strerror}") from None
     try:
-        for example, prediction in zip(examples, predictions):
-            out.write(json.dumps({**objective.describe(example), **prediction}, ensure_ascii=False) + "\n")
+        for prediction in predictions:
+            out.write(json.dumps(prediction, ensure_ascii=False) + "\n")
     finally:
         if args.out:
             out.close()

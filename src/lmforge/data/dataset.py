@@ -8,7 +8,6 @@ contiguous streams for recurrent models (truncated BPTT).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, overload
 
 import torch
 from tokenizers import Tokenizer
@@ -39,6 +39,9 @@ class TextCompletion:
     text: str
     token_ids: list[int]
     finish_reason: str
+
+    def __str__(self) -> str:  # print(completion) shows the text; repr keeps every field
+        return self.text
 
 
 class IncrementalDecoder:
@@ -143,7 +146,17 @@ class _CompletionText:
             self.shown = upto
 
 
+@overload
+def generate_text(model: torch.nn.Module, tokenizer: Tokenizer, prompts: str, max_new_tokens: int,
+                  **kwargs) -> TextCompletion: ...
+
+
+@overload
 def generate_text(model: torch.nn.Module, tokenizer: Tokenizer, prompts: Sequence[str],
+                  max_new_tokens: int, **kwargs) -> list[TextCompletion]: ...
+
+
+def generate_text(model: torch.nn.Module, tokenizer: Tokenizer, prompts: str | Sequence[str],
                   max_new_tokens: int, temperature: float = DEFAULT_TEMPERATURE,
                   top_k: int | None = DEFAULT_TOP_K,
                   top_p: float | None = None, repetition_penalty: float = 1.0,
@@ -151,8 +164,9 @@ def generate_text(model: torch.nn.Module, tokenizer: Tokenizer, prompts: Sequenc
                   stop_token_ids: Iterable[int] | None = None, seed: int | None = None,
                   stream_to: TextSink | None = None, precision: str = INFERENCE_PRECISION,
                   num_beams: int = 1, length_penalty: float = 1.0,
-                  compile: bool = False) -> list[TextCompletion]:
-    """Continue each text prompt; the completion excludes the prompt. An encoder-decoder model
+                  compile: bool = False) -> TextCompletion | list[TextCompletion]:
+    """Continue a text prompt (a str: one :class:`TextCompletion`) or each of a list of prompts
+    (a list of them); the completion excludes the prompt. An encoder-decoder model
     reads the prompt as its source and the completion is its output.
 
     Prompts are encoded without special tokens. Generation of a sequence stops at the tokenizer's
@@ -164,6 +178,10 @@ def generate_text(model: torch.nn.Module, tokenizer: Tokenizer, prompts: Sequenc
     (``length_penalty``), whose text reaches ``stream_to`` once the best hypothesis is chosen.
     ``compile``: a decoder's sampling/greedy steps run compiled (see ``generate``).
     """
+    if isinstance(prompts, str):  # one prompt, not one per character
+        return generate_text(model, tokenizer, [prompts], max_new_tokens, temperature, top_k, top_p,
+                             repetition_penalty, greedy, stop_strings, stop_token_ids, seed,
+                             stream_to, precision, num_beams, length_penalty, compile)[0]
     if stream_to is not None and len(prompts) != 1:
         raise ValueError("stream_to needs exactly one prompt")
     stop_strings = [s for s in (stop_strings or ()) if s]

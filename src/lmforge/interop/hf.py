@@ -644,41 +644,77 @@ def export_hf(model: torch.nn.Module, tokenizer: Tokenizer | None, out: str | Pa
     ``architecture`` overrides the class recorded in config.json (e.g. "BertForMaskedLM" to
     drop a pooler and NSP head); the default is the class holding every weight the model has.
     """
+    layout = hf_layout(model, tokenizer, tokenizer_config, architecture)
+    hf_state = layout.state
+    if dtype is not None:
+        hf_state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in hf_state.items()}
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        (tmp / "config.json").write_text(json.dumps(layout.config, indent=2) + "\n")
+        save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer is not None:
+            write_hf_tokenizer(tokenizer, tmp, model.config, layout.names, tokenizer_config,
+                               layout.family)
+    return out
+
+
+@dataclass
+class HFLayout:
+    """How a model is laid out as a Hugging Face folder: family, config.json dict, the mapping
+    table, the HF-named weights and the special token names for the tokenizer files."""
+
+    family: str
+    config: dict
+    table: list[Entry]
+    state: dict[str, torch.Tensor]
+    names: dict[str, str]
+
+
+def hf_table(model: torch.nn.Module, family: str, architecture: str,
+             tokenizer: Tokenizer | None = None) -> tuple[str, ModelConfig, list[Entry]]:
+    """(HF class, config as that class holds it, mapping table) of ``model`` exported as
+    ``architecture`` (None: the class holding every weight the model has)."""
+    if getattr(model, "spec", None) is not None:  # a task model: backbone + head in one HF class
+        arch, cfg_for_table, head = task_class(family, model, tokenizer, architecture)
+        table = [e for e in table_for(family, cfg_for_table) if e.ours != "lm_head.weight"] + head
+        return arch, cfg_for_table, table
+    arch = architecture or default_architecture(model, family)
+    cfg_for_table = model.config
+    if family == "bert":  # a chosen head-less class drops the weights it has no place for
+        cfg_for_table = _bert_cfg_for(model.config, arch)
+    return arch, cfg_for_table, table_for(family, cfg_for_table)
+
+
+def hf_layout(model: torch.nn.Module, tokenizer: Tokenizer | None,
+              tokenizer_config: dict | None = None, architecture: str | None = None) -> HFLayout:
+    """The :class:`HFLayout` of ``model``; a ConfigError when it has no Hugging Face form."""
     cfg = model.config
     family = family_of(cfg)
     spec = getattr(model, "spec", None)
-    if spec is not None:  # a fine-tuned task model: backbone + head in one HF class
-        arch, cfg_for_table, head = task_class(family, model, tokenizer, architecture)
-        table = [e for e in table_for(family, cfg_for_table) if e.ours != "lm_head.weight"] + head
-    else:
-        arch = architecture or default_architecture(model, family)
-        cfg_for_table = cfg
-        if family == "bert":  # a chosen head-less class drops the weights it has no place for
-            cfg_for_table = _bert_cfg_for(cfg, arch)
-        table = table_for(family, cfg_for_table)
-    state = model_state(model)
-    hf_state = state_to_hf(table, state)
+    arch, cfg_for_table, table = hf_table(model, family, architecture, tokenizer)
+    hf_state = state_to_hf(table, model_state(model))
     if family == "bart":
         hf_state["final_logits_bias"] = torch.zeros(1, cfg.vocab_size)
-    if dtype is not None:
-        hf_state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in hf_state.items()}
     names = special_token_names(tokenizer, tokenizer_config) if tokenizer is not None else {}
     ids = {f"{role}_id": tokenizer.token_to_id(tok) for role, tok in names.items()
            if role in ("bos_token", "eos_token", "pad_token")} if tokenizer is not None else {}
     if family == "bart" and tokenizer is not None:
         ids.setdefault("pad_token_id", None)
+    if spec is not None and cfg.arch == "decoder" and ids.get("pad_token_id") in (None, ids.get("eos_token_id")):
+        # lmforge ends a classified text with end-of-text, so HF's "last token that is not
+        # padding" must not treat that token as padding: leave pad_token_id unset.
+        ids.pop("pad_token_id", None)
+        log.warning(f"the tokenizer has no pad token distinct from its end-of-text token, so "
+                    f"config.json sets no pad_token_id and transformers' {arch} classifies one "
+                    f"text per call (a batch of several raises); to batch there, set "
+                    f"model.config.pad_token_id to an id your texts never contain, e.g. "
+                    f"{pad_id_hint(tokenizer)}")
     hf_config = config_to_hf(cfg_for_table, family, arch, ids)
     if family == "bert" and tokenizer is not None:
         hf_config["pad_token_id"] = ids.get("pad_token_id", 0)
     if spec is not None:
         hf_config |= task_config(spec)
-    out = Path(out)
-    with atomic_dir(out) as tmp:
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-        save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if tokenizer is not None:
-            write_hf_tokenizer(tokenizer, tmp, cfg, names, tokenizer_config, family)
-    return out
+    return HFLayout(family, hf_config, table, hf_state, names)
 
 
 # Fine-tuned heads: (family, task) -> (HF class, name of the head's Linear in it).
@@ -712,16 +748,23 @@ def task_class(family: str, model: torch.nn.Module, tokenizer: Tokenizer | None,
         cfg = replace(cfg, mlm_head=False, sentence_head=False, pooler=sequence)
     elif spec.pooling != "last":
         raise ConfigError(f"{arch} reads the last token; this head uses pooling '{spec.pooling}'")
-    else:
-        pad = special_token_names(tokenizer).get("pad_token") if tokenizer is not None else None
-        eos = special_token_names(tokenizer).get("eos_token") if tokenizer is not None else None
-        if pad is None or pad == eos:
-            raise ConfigError(f"{arch} finds the last token by pad_token_id: the tokenizer needs a "
-                              "pad token distinct from its end-of-text token")
     entries = [_entry("head.weight", f"{head}.weight")]
     if model.head.bias is not None:
         entries.append(_entry("head.bias", f"{head}.bias"))
     return arch, cfg, entries
+
+
+def pad_id_hint(tokenizer: Tokenizer | None) -> str:
+    """A token id a padded batch can use as pad_token_id: a special token that texts do not contain
+    and lmforge's classification input does not end with."""
+    if tokenizer is None:
+        return "an unused special token's id"
+    names = special_token_names(tokenizer)
+    for role in ("unk_token", "bos_token", "mask_token"):
+        tok = names.get(role)
+        if tok is not None and tok != names.get("eos_token"):
+            return f"{tokenizer.token_to_id(tok)} ({tok})"
+    return "an unused special token's id"
 
 
 def task_config(spec) -> dict:

@@ -1,4 +1,5 @@
-"""Models: one config-driven Transformer and its presets, task heads, and lmforge model folders.
+"""Models: one config-driven Transformer and its presets, task heads, and lmforge's own model
+folder format (a run's model/ is written by lmforge.interop.model_folder, which transformers loads).
 
 Loading a model from anywhere (a folder, a run, a Hugging Face folder, a GGUF file or a preset
 name) is :func:`lmforge.hub.from_pretrained`, one layer up."""

@@ -1,4 +1,7 @@
-"""lmforge model folders: ``config.json`` + ``model.safetensors`` + ``tokenizer.json``.
+"""lmforge's own model folder format: ``config.json`` (an ``lmforge`` section) +
+``model.safetensors`` (lmforge tensor names) + ``tokenizer.json``. A run's ``model/`` is written by
+:func:`lmforge.interop.model_folder.save_pretrained`, which uses this format only for models with
+no Hugging Face counterpart and otherwise a folder transformers loads.
 
 Weights are safetensors only (never pickle). Tied output weights are stored once. Reading any
 other kind of model (a Hugging Face folder, a GGUF file, a preset name) is :mod:`lmforge.hub`'s.

@@ -290,6 +290,16 @@ def finetune(cfg: FinetuneConfig, seeds: list[int] | None = None, *, overwrite: 
     return summary
 
 
+def resume_config(run_dir: str | Path, overrides: dict | None = None) -> FinetuneConfig:
+    """The config a run in ``run_dir`` recorded, with ``overrides`` on top, to continue it."""
+    from ..config import from_dict, load_file
+    data = load_file(f"{run_dir}/config.yaml")
+    data.pop("resolved", None)
+    data.update(overrides or {})
+    data["out_dir"] = str(run_dir)
+    return from_dict(FinetuneConfig, data, where=f"{run_dir}/config.yaml")
+
+
 def format_summary(summary: dict) -> str:
     lines = [f"{'metric':<22} {'mean':>10} {'std':>10}   ({len(summary['seeds'])} seeds)"]
     for k, mean in summary["mean"].items():
@@ -297,4 +307,4 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FinetuneConfig", "FinetuneTrainer", "finetune", "format_summary"]
+__all__ = ["FinetuneConfig", "FinetuneTrainer", "finetune", "format_summary", "resume_config"]

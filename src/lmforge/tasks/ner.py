@@ -25,6 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
@@ -375,10 +376,13 @@ class TokenClassification(TaskObjective):
         return cross_entropy(self.forward(model, batch).flatten(0, 1), batch["labels"].flatten())
 
     @torch.no_grad()
-    def word_tags(self, model, batches, device, autocast_ctx) -> tuple[dict[int, tuple[Sentence, list[str]]], float]:
+    def word_tags(self, model, batches, device, autocast_ctx,
+                  word_probs: dict[int, list[float]] | None = None
+                  ) -> tuple[dict[int, tuple[Sentence, list[str]]], float]:
         """({sentence index: (sentence, predicted tag per word)}, mean loss over labeled words)
         over ``batches``: each word takes its first sub-token's argmax; chunks are put back per
-        sentence, and a word without sub-tokens is O."""
+        sentence, and a word without sub-tokens is O. ``word_probs``, when given, receives each
+        sentence's probability of each word's tag."""
         out, loss, count = {}, 0.0, 0
         for batch in batches:
             features = batch["features"]
@@ -390,11 +394,15 @@ class TokenClassification(TaskObjective):
                 if n:
                     loss += cross_entropy(logits.flatten(0, 1), batch["labels"].flatten()).item() * n
                     count += n
-            best = logits.argmax(-1).cpu()
+            prob, best = logits.softmax(-1).max(-1)
+            prob, best = prob.cpu(), best.cpu()
             for row, f in enumerate(features):
                 _, tags = out.setdefault(f["sentence"], (f["example"], ["O"] * len(f["example"].tokens)))
+                probs = None if word_probs is None else word_probs.setdefault(f["sentence"], [1.0] * len(tags))
                 for pos, w in zip(f["positions"], f["words"]):
                     tags[w] = self.labels[int(best[row, pos])]
+                    if probs is not None:
+                        probs[w] = float(prob[row, pos])
         return out, loss / max(count, 1)
 
     def evaluate(self, model, batches, device, autocast_ctx) -> dict[str, float]:
@@ -412,12 +420,15 @@ class TokenClassification(TaskObjective):
         unlabeled = [replace(s, tags=None) for s in sentences]
         features = self.featurize(unlabeled, training=False)
         batches = self.eval_batches(features, 0, batch_size, 0)
-        found, _ = self.word_tags(model, batches, device, autocast_ctx)
+        probs: dict[int, list[float]] = {}
+        found, _ = self.word_tags(model, batches, device, autocast_ctx, probs)
         out = []
         for i, s in enumerate(unlabeled):
             tags = found[i][1] if i in found else ["O"] * len(s.tokens)
+            # An entity's score: the mean probability of its words' tags (transformers' "simple").
             out.append({"tokens": s.tokens, "tags": tags,
-                        "entities": [s.entity(t, a, b) for t, a, b in entities(tags, self.scheme)]})
+                        "entities": [{**s.entity(t, a, b), "score": round(float(np.mean(probs[i][a:b])), 4)}
+                                     for t, a, b in entities(tags, self.scheme)]})
         return out
 
     def describe(self, example: Sentence) -> dict:

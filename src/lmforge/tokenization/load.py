@@ -88,12 +88,16 @@ def _from_bert_vocab(vocab_path: Path) -> Tokenizer:
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """Load a tokenizer from a ``tokenizer.json`` file or a folder holding one of:
     ``tokenizer.json``; ``vocab.json`` + ``merges.txt`` (GPT-2 byte-level BPE, with
-    ``<|endoftext|>`` as a special token); ``vocab.txt`` (BERT WordPiece).
+    ``<|endoftext|>`` as a special token); ``vocab.txt`` (BERT WordPiece); or a training run
+    folder, whose ``model/`` holds the tokenizer (as ``from_pretrained(RUN_FOLDER)`` reads it).
     Raises DataError with one clear line when nothing loadable is there.
     """
     path = Path(path)
     if path.is_file() and path.name in ("vocab.json", "merges.txt"):
         path = path.parent
+    if path.is_file() and path.suffix == ".gguf":  # read with the model, a layer above
+        raise DataError(f"{path}: a GGUF file's tokenizer is read with its model: pass the file "
+                        "as the model (lmforge.pipeline, predict, embed and every --model do)")
     if path.is_file():
         return _from_bert_vocab(path) if path.suffix == ".txt" else _from_json(path)
     if not path.is_dir():
@@ -104,8 +108,13 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         return _from_gpt2_files(path)
     if (path / "vocab.txt").is_file():
         return _from_bert_vocab(path / "vocab.txt")
+    if (path / "model").is_dir() and path.name != "model":  # a run folder: its exported model
+        try:
+            return load_tokenizer(path / "model")
+        except DataError:
+            pass  # say what is missing in the folder the user named
     raise DataError(f"no tokenizer in {path}: expected tokenizer.json, vocab.json + merges.txt, "
-                    "or vocab.txt")
+                    "vocab.txt, or a run folder's model/ holding one")
 
 
 def save_tokenizer(tok: Tokenizer, path: str | Path) -> Path:

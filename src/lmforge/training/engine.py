@@ -27,7 +27,8 @@ from ..data.dataset import TokenShards
 from ..errors import CheckpointError, ConfigError, DataError, DistributedError
 from ..hub import from_pretrained
 from ..models.config import ModelConfig, preset
-from ..models.io import build_model, save_pretrained, tokenizer_path
+from ..interop.model_folder import save_pretrained as save_model_folder
+from ..models.io import build_model, tokenizer_path
 from ..objectives import get_objective
 from . import checkpoint as ckpt
 from . import distributed
@@ -555,7 +556,7 @@ class Trainer:
         if self.ranks.distributed and self.ranks.parallel != "ddp":
             model = distributed.gathered_model(self.model, self.skeleton, self.ranks)
         if self.ranks.is_main:
-            save_pretrained(model, out, self.export_tokenizer, tokenizer_config=self.tokenizer_config)
+            save_model_folder(model, out, self.export_tokenizer, tokenizer_config=self.tokenizer_config)
             try:
                 plot_loss(self.run_dir)
             except DataError:
