@@ -91,6 +91,18 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T
     return obj
 
 
+def options_from_dict(cls: type[T], data: dict[str, Any], *, where: str) -> T:
+    """Build the options dataclass ``cls`` of an objective or task from a mapping (JSON
+    ``--objective_args`` / ``--task_args`` or ``--NAME.option`` flags, values coerced to the
+    field types); an unknown key is one ConfigError that lists the valid ones."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}; valid options: "
+                          f"{', '.join(names) if names else 'none'}")
+    return cls(**{k: coerce(cls, k, v) for k, v in data.items()})
+
+
 def load_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (.yaml/.yml) or TOML (.toml) config file into a dict."""
     path = Path(path)

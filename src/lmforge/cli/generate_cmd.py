@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = collect_prompts(args)
     model, tokenizer = load_model_and_tokenizer(args)
     # An encoder-decoder's output is not a continuation of its input: print the output alone.
-    echo = getattr(model.config, "arch", None) != "encoder-decoder"
+    echo = not model.is_seq2seq
     batch = [p for p in prompts for _ in range(args.num_samples)]
     streaming = len(batch) == 1 and not (args.no_stream or args.json)
     stream = EchoFirst(prompts[0] if echo else "") if streaming else None

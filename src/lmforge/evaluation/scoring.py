@@ -121,7 +121,7 @@ def token_logprobs(model: torch.nn.Module, ids: Sequence[int], stride: int | Non
     ids[b+1:e+1], of which it keeps only those not scored by the window before. A recurrent
     model is scored by ``recurrent_token_logprobs`` instead (``stride`` does not apply).
     """
-    if getattr(model, "recurrent", False):
+    if model.recurrent:
         return recurrent_token_logprobs(model, ids, max_length or RECURRENT_CHUNK, precision)
     max_length, stride = _window(model, stride, max_length)
     device = next(model.parameters()).device
@@ -178,7 +178,7 @@ def score_text(model: torch.nn.Module, tokenizer: Tokenizer, text: str, stride: 
 
     An encoder is scored by pseudo-log-likelihood (``pll_score_text``), ``batch_size`` masked
     copies of the text per forward pass; it centres a window on every token, so takes no stride."""
-    if getattr(model.config, "arch", "decoder") == "encoder":
+    if model.is_encoder:
         from .pseudo_likelihood import pll_score_text  # it imports this module
         if stride is not None:
             raise ConfigError("stride does not apply to an encoder: pseudo-log-likelihood scores "

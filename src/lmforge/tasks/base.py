@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..objectives.base import Objective
+from ..objectives.base import Objective, option
 from ..objectives.mlm import CLS_TOKENS, PAD_TOKENS, SEP_TOKENS, find_token
 from ..tokenization import eos_token_id
 
@@ -101,6 +101,7 @@ class TaskObjective(Objective):
     head: str | None = None
     default_metric = "val_loss"
     archs = ("encoder", "decoder", "encoder-decoder")
+    noun = "task"
 
     def __init__(self, tokenizer, arch: str, max_length: int, **options: Any):
         super().__init__(tokenizer, {}, **options)  # unknown options: one clear ConfigError

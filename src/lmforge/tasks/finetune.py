@@ -149,8 +149,7 @@ class FinetuneTrainer(Trainer):
             options["labels"] = existing.labels
         if task_cls.head is None:  # generative tasks: the chat template, special tokens
             options |= dict(tokenizer_config=tok_cfg, encoding=cfg.encoding)
-        arch = backbone.config.arch
-        objective: TaskObjective = task_cls(tokenizer, arch, max_length, **options)
+        objective: TaskObjective = task_cls(tokenizer, backbone.kind, max_length, **options)
         train_rows = objective.read(cfg.data)
         if cfg.val_data:
             val_rows = objective.read(cfg.val_data)
