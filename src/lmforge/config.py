@@ -103,6 +103,26 @@ def options_from_dict(cls: type[T], data: dict[str, Any], *, where: str) -> T:
     return cls(**{k: coerce(cls, k, v) for k, v in data.items()})
 
 
+def with_defaults(cls: type[T], name: str, doc: str, **changes: Any) -> type[T]:
+    """A dataclass subclass of ``cls`` whose fields in ``changes`` take another default, given
+    as ``default`` or ``(default, help)``: a kind of run with its own defaults and no field
+    declared twice."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(changes) - set(fields))
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
+    redeclared = []
+    for field_name, change in changes.items():
+        default, help_text = change if isinstance(change, tuple) else (change, None)
+        f = fields[field_name]
+        metadata = {**f.metadata, "help": help_text or f.metadata.get("help", "")}
+        redeclared.append((field_name, f.type, dataclasses.field(default=default, metadata=metadata)))
+    sub = dataclasses.make_dataclass(name, redeclared, bases=(cls,))
+    sub.__module__ = cls.__module__  # where its annotations resolve
+    sub.__doc__ = doc
+    return sub
+
+
 def load_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (.yaml/.yml) or TOML (.toml) config file into a dict."""
     path = Path(path)

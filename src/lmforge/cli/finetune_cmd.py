@@ -38,11 +38,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     if args.resume:
-        data = load_file(f"{args.resume}/config.yaml")
-        data.pop("resolved", None)
-        data.update(flags_to_dict(args, FinetuneConfig))
-        data["out_dir"] = args.resume
-        cfg = from_dict(FinetuneConfig, data, where=f"{args.resume}/config.yaml")
+        from ..training import load_run_config
+        cfg = load_run_config(args.resume, flags_to_dict(args, FinetuneConfig), FinetuneConfig)
         result = finetune(cfg, resume=True)
     else:
         data = load_file(args.config) if args.config else {}
