@@ -72,6 +72,8 @@ def coerce(cls: type, name: str, value: Any) -> Any:
         if typing.get_origin(base) is list or base is list:
             if isinstance(value, str):
                 value = [v for v in value.split(",") if v]
+            if typing.get_args(base) == (int,):
+                return [int(v) for v in value]
             return list(value)
     except (ValueError, TypeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"config field '{name}': {exc}") from None
@@ -147,27 +149,65 @@ def save_yaml(obj: Any, path: str | Path) -> None:
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, group: str | None = None,
-                        skip: tuple[str, ...] = ()) -> None:
-    """Add one flag per field of ``cls``; defaults are SUPPRESS so only given flags appear."""
+                        skip: tuple[str, ...] = (), prefix: str = "") -> None:
+    """Add one flag per field of ``cls`` (``--PREFIXfield``); defaults are SUPPRESS so only
+    given flags appear."""
     target = parser.add_argument_group(group) if group else parser
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        flags = [f"--{f.name}"]
+        flags = [f"--{prefix}{f.name}"]
         if "_" in f.name:
-            flags.append(f"--{f.name.replace('_', '-')}")
+            flags.append(f"--{prefix}{f.name.replace('_', '-')}")
         base = _base_type(hints[f.name])
         help_text = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else None
         if default is not None and default != "":
             help_text = f"{help_text} (default: {default})".strip()
         metavar = getattr(base, "__name__", "VALUE").upper() if base is not bool else "BOOL"
-        target.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, help=help_text,
+        target.add_argument(*flags, dest=prefix + f.name, default=argparse.SUPPRESS, help=help_text,
                             metavar=metavar, type=str)
 
 
-def flags_to_dict(ns: argparse.Namespace, cls: type) -> dict[str, Any]:
+def flags_to_dict(ns: argparse.Namespace, cls: type, prefix: str = "") -> dict[str, Any]:
     """The subset of ``ns`` that names fields of ``cls`` (only flags the user gave)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in vars(ns).items() if k in names}
+    names = {prefix + f.name for f in dataclasses.fields(cls)}
+    return {k.removeprefix(prefix): v for k, v in vars(ns).items() if k in names}
+
+
+# ---- typed options of objectives and tasks as --NAME.option flags ---------------------------
+def add_option_flags(parser: argparse.ArgumentParser, owners: dict[str, type], noun: str,
+                     json_flag: str, skip: tuple[str, ...] = ()) -> None:
+    """One group of ``--NAME.option`` flags per options dataclass in ``owners`` (NAME -> class),
+    e.g. ``--mlm.whole_word true``; they override the same keys of the JSON ``--JSON_FLAG``."""
+    for name, options in owners.items():
+        fields = [f.name for f in dataclasses.fields(options) if f.name not in skip]
+        if fields:
+            add_dataclass_flags(parser, options, group=f"{noun} '{name}' options (or as JSON: "
+                                f"--{json_flag} '{{\"{fields[0]}\": ...}}')",
+                                skip=skip, prefix=f"{name}.")
+
+
+def merge_option_flags(ns: argparse.Namespace, owners: dict[str, type], chosen: str, noun: str,
+                       base: Any) -> Any:
+    """``base`` (a JSON string or mapping of ``chosen``'s options, or None) with the
+    ``--CHOSEN.option`` flags the user gave laid over it. ``--OTHER.option`` flags for another
+    NAME than ``chosen`` are a ConfigError."""
+    given = {name: flags_to_dict(ns, options, prefix=f"{name}.") for name, options in owners.items()}
+    wrong = sorted(name for name, values in given.items() if values and name != chosen)
+    if wrong:
+        flag = f"--{wrong[0]}.{next(iter(given[wrong[0]]))}"
+        raise ConfigError(f"{flag} is an option of {noun} '{wrong[0]}', but this run's {noun} is "
+                          f"'{chosen}'")
+    if not given.get(chosen):
+        return base
+    if isinstance(base, str):
+        try:
+            base = json.loads(base)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{noun} options are not valid JSON: {exc}") from None
+    if base is not None and not isinstance(base, dict):
+        raise ConfigError(f"{noun} options must be a JSON mapping, got {base!r}")
+    options = owners[chosen]
+    return {**(base or {}), **{k: coerce(options, k, v) for k, v in given[chosen].items()}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import add_dataclass_flags, flags_to_dict, from_dict, load_file
+from ..config import add_dataclass_flags, add_option_flags, flags_to_dict, from_dict, load_file, merge_option_flags
 from ..errors import ConfigError
 
 
@@ -26,7 +26,19 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     add_dataclass_flags(p, FinetuneConfig, skip=("objective", "objective_args", "sampling",
                                                  "eval_batches"))
+    add_option_flags(p, task_options(), "task", "task_args", skip=SET_BY_FINETUNE)
     p.set_defaults(func=run)
+
+
+# Task options that fine-tuning fills itself (from its own flags, the model, the data).
+SET_BY_FINETUNE = ("labels", "tokenizer_config", "text_column", "text_pair_column", "label_column",
+                   "encoding", "class_weights")
+
+
+def task_options() -> dict[str, type]:
+    """Each task's options dataclass: its ``--TASK.option`` flags."""
+    from ..tasks.base import all_tasks
+    return {name: cls.Options for name, cls in all_tasks().items()}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         data = load_file(args.config) if args.config else {}
         data.update(flags_to_dict(args, FinetuneConfig))
+        task_args = merge_option_flags(args, task_options(), data.get("task", "classification"),
+                                       "task", data.get("task_args"))
+        if task_args is not None:
+            data["task_args"] = task_args
         cfg = from_dict(FinetuneConfig, data, where=args.config or "command line")
         result = finetune(cfg, seeds, overwrite=args.overwrite)
     if seeds:

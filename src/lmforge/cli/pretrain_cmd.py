@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import add_dataclass_flags, flags_to_dict, from_dict, load_file
+from ..config import add_dataclass_flags, add_option_flags, flags_to_dict, from_dict, load_file, merge_option_flags
 from ..errors import ConfigError
 from ..models.config import ModelConfig
 from ..training import TrainConfig, load_run_config, pretrain
@@ -26,7 +26,14 @@ def register(sub) -> None:
     add_dataclass_flags(p, TrainConfig, skip=("model_args",))
     add_dataclass_flags(p, ModelConfig, group="model architecture (new models only)",
                         skip=MODEL_FLAGS_SKIP)
+    add_option_flags(p, objective_options(), "objective", "objective_args")
     p.set_defaults(func=run)
+
+
+def objective_options() -> dict[str, type]:
+    """Each objective's options dataclass: its ``--NAME.option`` flags."""
+    from ..objectives import OBJECTIVES
+    return {name: cls.Options for name, cls in OBJECTIVES.items()}
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -37,6 +44,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for key in MODEL_FLAGS_SKIP:
         model_args.pop(key, None)
     data.update(flags_to_dict(args, TrainConfig))
+    objective_args = merge_option_flags(args, objective_options(), data.get("objective", "causal_lm"),
+                                        "objective", data.get("objective_args"))
+    if objective_args is not None:
+        data["objective_args"] = objective_args
     if model_args:
         data["model_args"] = model_args
     return from_dict(TrainConfig, data, where=args.config or "command line")

@@ -30,11 +30,16 @@ def register_task(cls):
     return cls
 
 
-def get_task(name: str) -> type["TaskObjective"]:
+def all_tasks() -> dict[str, type["TaskObjective"]]:
+    """Every registered task by name."""
     # The task modules register themselves on import; importing them here is the one place
     # every caller (finetune, predict, evaluate) gets the full registry from.
     from . import classification, generative, ner, qa  # noqa: F401
-    if name not in TASKS:
+    return TASKS
+
+
+def get_task(name: str) -> type["TaskObjective"]:
+    if name not in all_tasks():
         raise ConfigError(f"unknown task '{name}'; choose one of: {', '.join(sorted(TASKS))}")
     return TASKS[name]
 
