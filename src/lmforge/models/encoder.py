@@ -33,6 +33,8 @@ class Encoder(ModelInterface, nn.Module):
     """BERT-style encoder. ``forward`` gives hidden states; ``mlm_logits`` projects only the
     positions asked for (the 15% that masked LM predicts, not all of them)."""
 
+    extra_forward_methods = ("mlm_logits", "sentence_logits")
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg.validate()

@@ -87,6 +87,14 @@ class ModelInterface:
         return modes
 
     supported_parallel_modes: tuple[str, ...] = ("ddp", "fsdp")
+    # Methods besides forward that objectives call with the model's weights (an encoder's MLM
+    # and sentence heads).
+    extra_forward_methods: tuple[str, ...] = ()
+
+    def lr_scale(self, name: str, cfg) -> float:
+        """Learning-rate multiplier of parameter ``name`` under TrainConfig ``cfg`` (task models:
+        head learning rate, layer-wise decay)."""
+        return 1.0
 
     def uses_every_weight(self) -> bool:
         """Whether every trainable weight gets a gradient on every step (DDP then skips the

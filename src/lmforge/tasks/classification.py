@@ -46,6 +46,7 @@ class SequenceClassification(TaskObjective):
     head = "classification"
     default_metric = "val_accuracy"
     Options = ClassificationOptions
+    label_dtype = torch.long
 
     def __init__(self, tokenizer, arch: str, max_length: int, **options):
         super().__init__(tokenizer, arch, max_length, **options)
@@ -107,7 +108,7 @@ class SequenceClassification(TaskObjective):
         batch = self.base_batch(features)
         if features[0]["label"] is not None:
             batch["labels"] = torch.tensor([f["label"] for f in features],
-                                           dtype=torch.float32 if self.name == "regression" else torch.long)
+                                           dtype=self.label_dtype)
         return batch
 
     # ---- training -----------------------------------------------------------------------
@@ -158,6 +159,7 @@ class Regression(SequenceClassification):
     name = "regression"
     head = "regression"
     default_metric = "val_pearson"
+    label_dtype = torch.float32
 
     def fit_labels(self, rows: list[Row]) -> None:
         self.labels = []

@@ -29,10 +29,6 @@ import torch.nn as nn
 
 from ..errors import ConfigError, DistributedError, LMForgeError
 
-# Model methods that objectives call besides forward (MLM and sentence heads); FSDP2 must
-# unshard the root's parameters for them too.
-EXTRA_FORWARD_METHODS = ("mlm_logits", "sentence_logits")
-
 
 @dataclass(frozen=True)
 class Ranks:
@@ -267,9 +263,8 @@ def shard_fsdp(model: nn.Module, precision: str) -> None:
     for block in model.repeated_blocks():
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
-    for method in EXTRA_FORWARD_METHODS:
-        if hasattr(model, method):
-            register_fsdp_forward_method(model, method)
+    for method in model.extra_forward_methods:  # FSDP2 unshards the root's weights for them too
+        register_fsdp_forward_method(model, method)
 
 
 @contextlib.contextmanager
