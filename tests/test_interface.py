@@ -99,8 +99,8 @@ def test_lstm_flops_are_6n_and_decoder_adds_attention():
 
 
 # Where the engine and its users must ask the model, not read its config's arch string.
-DISPATCH = re.compile(r"getattr\(\s*\w+(\.\w+)*\.config,\s*[\"']arch[\"']"  # getattr(model.config, "arch"
-                      r"|\.config\.arch\b"  # model.config.arch == ...
+DISPATCH = re.compile(r"getattr\(\s*[\w.]*(cfg|config),\s*[\"']arch[\"']"  # getattr(model.config, "arch"
+                      r"|\.config\.arch\b|\bcfg\.arch\b"  # model.config.arch == ..., cfg.arch
                       r"|type\([^)]*\)\.__name__\s*[!=]="  # type(m).__name__ == "LoRALinear"
                       r"|objective\.name\s*[!=]="  # objective.name == "mlm"
                       r"|getattr\(\s*objective,\s*[\"']name[\"']")
@@ -119,6 +119,7 @@ def test_no_string_dispatch_outside_models():
 def test_dispatch_pattern_catches_what_it_forbids():
     for line in ('if getattr(model.config, "arch", "decoder") == "encoder":',
                  "arch = backbone.config.arch", 'if type(m).__name__ == "LoRALinear":',
+                 'if getattr(cfg, "arch", "decoder") == "lstm":', 'if cfg.arch == "encoder-decoder":',
                  'if objective.name == "mlm":', 'getattr(objective, "name", "")'):
         assert DISPATCH.search(line), line
     assert not DISPATCH.search("if model.is_encoder:")
