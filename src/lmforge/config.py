@@ -189,6 +189,12 @@ def add_option_flags(parser: argparse.ArgumentParser, owners: dict[str, type], n
                                 skip=skip, prefix=f"{name}.")
 
 
+def given_option_flags(ns: argparse.Namespace, owners: dict[str, type]) -> list[str]:
+    """The ``--NAME.option`` flags the user gave, as ``NAME.option``."""
+    return [f"{name}.{key}" for name, options in owners.items()
+            for key in flags_to_dict(ns, options, prefix=f"{name}.")]
+
+
 def merge_option_flags(ns: argparse.Namespace, owners: dict[str, type], chosen: str, noun: str,
                        base: Any) -> Any:
     """``base`` (a JSON string or mapping of ``chosen``'s options, or None) with the

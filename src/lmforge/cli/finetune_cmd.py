@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import add_dataclass_flags, add_option_flags, flags_to_dict, from_dict, load_file, merge_option_flags
+from ..config import (add_dataclass_flags, add_option_flags, flags_to_dict, from_dict, given_option_flags,
+                      load_file, merge_option_flags)
 from ..errors import ConfigError
 
 
@@ -51,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     if args.resume:
         from ..training import load_run_config
+        if given_option_flags(args, task_options()):
+            raise ConfigError("task options cannot change when resuming a run")
         cfg = load_run_config(args.resume, flags_to_dict(args, FinetuneConfig), FinetuneConfig)
         result = finetune(cfg, resume=True)
     else:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import add_dataclass_flags, add_option_flags, flags_to_dict, from_dict, load_file, merge_option_flags
+from ..config import (add_dataclass_flags, add_option_flags, flags_to_dict, from_dict, given_option_flags,
+                      load_file, merge_option_flags)
 from ..errors import ConfigError
 from ..models.config import ModelConfig
 from ..training import TrainConfig, load_run_config, pretrain
@@ -58,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         overrides = flags_to_dict(args, TrainConfig)
         if flags_to_dict(args, ModelConfig):
             raise ConfigError("architecture flags cannot change when resuming a run")
+        if given_option_flags(args, objective_options()):
+            raise ConfigError("objective options cannot change when resuming a run")
         cfg = load_run_config(args.resume, overrides)
         result = pretrain(cfg, resume=True)
     else:
