@@ -41,8 +41,9 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"expected true/false, got {text!r}")
 
 
-def coerce(cls: type, name: str, value: Any) -> Any:
-    """Convert ``value`` to the annotated type of field ``name``, or raise ConfigError."""
+def coerce(cls: type, name: str, value: Any, what: str = "config field") -> Any:
+    """Convert ``value`` to the annotated type of field ``name``, or raise ConfigError (naming
+    it as ``what 'name'``)."""
     hints = typing.get_type_hints(cls)
     tp = hints[name]
     if value is None:
@@ -76,7 +77,7 @@ def coerce(cls: type, name: str, value: Any) -> Any:
                 return [int(v) for v in value]
             return list(value)
     except (ValueError, TypeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config field '{name}': {exc}") from None
+        raise ConfigError(f"{what} '{name}': {exc}") from None
     return value
 
 
@@ -102,7 +103,7 @@ def options_from_dict(cls: type[T], data: dict[str, Any], *, where: str) -> T:
     if unknown:
         raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}; valid options: "
                           f"{', '.join(names) if names else 'none'}")
-    return cls(**{k: coerce(cls, k, v) for k, v in data.items()})
+    return cls(**{k: coerce(cls, k, v, what=f"{where} option") for k, v in data.items()})
 
 
 def with_defaults(cls: type[T], name: str, doc: str, **changes: Any) -> type[T]:
@@ -215,5 +216,5 @@ def merge_option_flags(ns: argparse.Namespace, owners: dict[str, type], chosen: 
             raise ConfigError(f"{noun} options are not valid JSON: {exc}") from None
     if base is not None and not isinstance(base, dict):
         raise ConfigError(f"{noun} options must be a JSON mapping, got {base!r}")
-    options = owners[chosen]
-    return {**(base or {}), **{k: coerce(options, k, v) for k, v in given[chosen].items()}}
+    options, where = owners[chosen], f"{noun} '{chosen}' option"
+    return {**(base or {}), **{k: coerce(options, k, v, what=where) for k, v in given[chosen].items()}}
