@@ -98,6 +98,25 @@ def test_lstm_flops_are_6n_and_decoder_adds_attention():
                                        + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * 16)
 
 
+def test_parallel_modes_are_refused_from_the_model_and_objective():
+    from lmforge.training.distributed import Ranks, check_parallel
+    all_models = models()
+    causal, mlm = get_objective("causal_lm"), get_objective("mlm", tokenizer=wordpiece(None))
+    bptt = get_objective("bptt_lm")
+    check_parallel(all_models["decoder"], Ranks(0, 2, parallel="tp"), "bf16", causal)
+    check_parallel(all_models["encoder"], Ranks(0, 2, parallel="fsdp"), "bf16", mlm)
+    cases = [("encoder", "tp", mlm, "--parallel tp does not run encoder models"),
+             ("encoder-decoder", "fsdp", causal, "does not run encoder-decoder models"),
+             ("decoder+lora", "fsdp", causal, "LoRA fine-tuning runs with --parallel ddp"),
+             ("lstm", "ddp", bptt, "objective 'bptt_lm' carries per-stream state")]
+    for name, mode, objective, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_parallel(all_models[name], Ranks(0, 2, parallel=mode), "bf16", objective)
+    generative = all_tasks()["sft"](wordpiece(None), "decoder", 64)
+    with pytest.raises(ConfigError, match="does not run task 'sft' \\(it calls the model beyond forward\\)"):
+        check_parallel(all_models["decoder"], Ranks(0, 2, parallel="fsdp"), "bf16", generative)
+
+
 # Where the engine and its users must ask the model, not read its config's arch string.
 DISPATCH = re.compile(r"getattr\(\s*[\w.]*(cfg|config),\s*[\"']arch[\"']"  # getattr(model.config, "arch"
                       r"|\.config\.arch\b|\bcfg\.arch\b"  # model.config.arch == ..., cfg.arch
@@ -157,7 +176,7 @@ def test_unknown_option_key_is_one_line_listing_the_valid_ones():
         options_from_dict(all_tasks()["qa"].Options, {"doc_strides": 3}, where="task 'qa'")
 
 
-def wordpiece(tmp_path: Path):
+def wordpiece(_=None):
     return train_tokenizer([str(Path(__file__))], kind="wordpiece", vocab_size=300)
 
 

@@ -14,14 +14,16 @@ import torch.nn as nn
 
 from ..errors import CheckpointError
 
-PARALLEL_MODES = ("ddp", "fsdp", "tp")
-
-
 class ModelInterface:
     """Mixin for ``nn.Module`` language models that hold a ``ModelConfig`` as ``config``."""
 
     # Whether scoring and training carry a recurrent ``state`` across chunks of a sequence.
     recurrent = False
+    # The ``--parallel`` modes the architecture trains under (see :meth:`parallel_modes`).
+    supported_parallel_modes: tuple[str, ...] = ("ddp", "fsdp")
+    # Methods besides forward that objectives call with the model's weights (an encoder's MLM
+    # and sentence heads): FSDP gathers the weights for them too.
+    extra_forward_methods: tuple[str, ...] = ()
 
     # ---- kind and capabilities ------------------------------------------------------------
     @property
@@ -77,19 +79,14 @@ class ModelInterface:
         return [block for blocks in self.block_lists() for block in blocks]
 
     def parallel_modes(self) -> tuple[str, ...]:
-        """The ``--parallel`` modes this model trains under. Submodules may narrow them with a
-        ``parallel_modes`` attribute (LoRA layers run under ddp only)."""
+        """The ``--parallel`` modes this model, as it is now, trains under: the architecture's,
+        narrowed by layers with an ``only_parallel_modes`` attribute (LoRA: ddp only)."""
         modes = self.supported_parallel_modes
         for m in self.modules():
-            allowed = getattr(m, "parallel_modes", None)
-            if m is not self and isinstance(allowed, tuple):
-                modes = tuple(mode for mode in modes if mode in allowed)
+            only = getattr(m, "only_parallel_modes", None)
+            if only is not None:
+                modes = tuple(mode for mode in modes if mode in only)
         return modes
-
-    supported_parallel_modes: tuple[str, ...] = ("ddp", "fsdp")
-    # Methods besides forward that objectives call with the model's weights (an encoder's MLM
-    # and sentence heads).
-    extra_forward_methods: tuple[str, ...] = ()
 
     def lr_scale(self, name: str, cfg) -> float:
         """Learning-rate multiplier of parameter ``name`` under TrainConfig ``cfg`` (task models:

@@ -23,7 +23,7 @@ class LoRALinear(nn.Module):
     """``base(x) + dropout(x) A^T B^T * alpha / r`` with ``base`` frozen."""
 
     # Sharding would split ``base`` and the low-rank factors differently; LoRA runs replicated.
-    parallel_modes = ("ddp",)
+    only_parallel_modes = ("ddp",)
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
         super().__init__()

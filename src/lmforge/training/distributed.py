@@ -238,8 +238,8 @@ def check_parallel(model: nn.Module, ranks: Ranks, precision: str, objective) ->
         raise ConfigError(f"--parallel {ranks.parallel} does not run {model.kind} models (they run "
                           f"under {', '.join(model.supported_parallel_modes)}); use --parallel ddp")
     if not objective.forward_only:  # e.g. generative fine-tuning calls more than forward
-        raise ConfigError(f"--parallel {ranks.parallel} does not run objective '{objective.name}' "
-                          "(it calls the model beyond forward); use --parallel ddp")
+        raise ConfigError(f"--parallel {ranks.parallel} does not run {objective.noun} "
+                          f"'{objective.name}' (it calls the model beyond forward); use --parallel ddp")
     if ranks.parallel not in model.parallel_modes():
         raise ConfigError(f"LoRA fine-tuning runs with --parallel ddp, not {ranks.parallel}")
 
