@@ -46,6 +46,7 @@ class Objective:
     forward_only = True
     # The typed options (``--objective_args`` / ``--NAME.option`` flags), read as ``self.options``.
     Options: type = NoOptions
+    noun = "objective"  # what error messages call it ("task" for fine-tuning tasks)
 
     def __init__(self, tokenizer=None, meta: dict | None = None, **options: Any):
         """``tokenizer`` (a ``tokenizers.Tokenizer``, if the dataset has one) and the dataset's
@@ -53,8 +54,6 @@ class Objective:
         ``TrainConfig.objective_args``) fill ``self.options``, an instance of ``Options``."""
         self.tokenizer, self.meta = tokenizer, meta or {}
         self.options = options_from_dict(self.Options, options, where=f"{self.noun} '{self.name}'")
-
-    noun = "objective"  # what error messages call it ("task" for fine-tuning tasks)
 
     def frozen_modules(self) -> dict[str, torch.nn.Module]:
         """Models the loss uses besides the trained one (e.g. a distillation teacher). The
