@@ -286,6 +286,19 @@ def test_whichever_of_max_steps_and_epochs_is_given_wins(caplog):
     assert _TrainConfig(data="x").validate().max_steps == 1000  # pretraining's default length
 
 
+def test_finetune_config_inherits_train_config_with_finetuning_defaults():
+    assert issubclass(FinetuneConfig, TrainConfig)
+    own = {f.name for f in dataclasses.fields(FinetuneConfig)} - {f.name for f in dataclasses.fields(TrainConfig)}
+    assert "task" in own and not own & {"epochs", "lr", "batch_size"}
+    cfg = FinetuneConfig()
+    assert (cfg.out_dir, cfg.batch_size, cfg.lr, cfg.min_lr, cfg.schedule, cfg.warmup_steps,
+            cfg.weight_decay, cfg.beta2, cfg.eval_interval, cfg.best_metric, cfg.export_best,
+            cfg.keep_last, cfg.log_interval, cfg.beta1, cfg.grad_clip) == (
+        "runs/finetune", 32, 1e-4, 0.0, "linear", 0, 0.01, 0.999, 0, "auto", True, 1, 20, 0.9, 1.0)
+    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(FinetuneConfig)}
+    assert helps["lr"] == "peak learning rate of the body" and helps["beta1"] == "AdamW beta1"
+
+
 def finetune_files(tmp_path: Path) -> list[str]:
     from lmforge.models.io import save_pretrained
     tok = wordpiece(tmp_path)
