@@ -42,8 +42,9 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"expected true/false, got {text!r}")
 
 
-def coerce(cls: type, name: str, value: Any) -> Any:
-    """Convert ``value`` to the annotated type of field ``name``, or raise ConfigError."""
+def coerce(cls: type, name: str, value: Any, what: str = "config field") -> Any:
+    """Convert ``value`` to the annotated type of field ``name``, or raise ConfigError (naming
+    it as ``what 'name'``)."""
     hints = typing.get_type_hints(cls)
     tp = hints[name]
     if value is None:
@@ -73,9 +74,11 @@ def coerce(cls: type, name: str, value: Any) -> Any:
         if typing.get_origin(base) is list or base is list:
             if isinstance(value, str):
                 value = [v for v in value.split(",") if v]
+            if typing.get_args(base) == (int,):
+                return [int(v) for v in value]
             return list(value)
     except (ValueError, TypeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config field '{name}': {exc}") from None
+        raise ConfigError(f"{what} '{name}': {exc}") from None
     return value
 
 
@@ -90,6 +93,38 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T
     if validate is not None:
         validate()
     return obj
+
+
+def options_from_dict(cls: type[T], data: dict[str, Any], *, where: str) -> T:
+    """Build the options dataclass ``cls`` of an objective or task from a mapping (JSON
+    ``--objective_args`` / ``--task_args`` or ``--NAME.option`` flags, values coerced to the
+    field types); an unknown key is one ConfigError that lists the valid ones."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}; valid options: "
+                          f"{', '.join(names) if names else 'none'}")
+    return cls(**{k: coerce(cls, k, v, what=f"{where} option") for k, v in data.items()})
+
+
+def with_defaults(cls: type[T], name: str, doc: str, **changes: Any) -> type[T]:
+    """A dataclass subclass of ``cls`` whose fields in ``changes`` take another default, given
+    as ``default`` or ``(default, help)``: a kind of run with its own defaults and no field
+    declared twice."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(changes) - set(fields))
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
+    redeclared = []
+    for field_name, change in changes.items():
+        default, help_text = change if isinstance(change, tuple) else (change, None)
+        f = fields[field_name]
+        metadata = {**f.metadata, "help": help_text or f.metadata.get("help", "")}
+        redeclared.append((field_name, f.type, dataclasses.field(default=default, metadata=metadata)))
+    sub = dataclasses.make_dataclass(name, redeclared, bases=(cls,))
+    sub.__module__ = cls.__module__  # where its annotations resolve
+    sub.__doc__ = doc
+    return sub
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
@@ -164,8 +199,9 @@ def add_alias(container, action: argparse.Action, *names: str) -> None:
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, group: str | None = None,
                         skip: tuple[str, ...] = (), choices: dict[str, tuple] | None = None,
                         helps: dict[str, str] | None = None, default_note: str | None = None,
-                        names: dict[str, tuple[str, ...]] | None = None) -> None:
-    """Add one flag per field of ``cls``; defaults are SUPPRESS so only given flags appear.
+                        names: dict[str, tuple[str, ...]] | None = None, prefix: str = "") -> None:
+    """Add one flag per field of ``cls`` (``--PREFIXfield``); defaults are SUPPRESS so only
+    given flags appear.
 
     A field's help is its ``help`` metadata (or ``helps[name]``); its choices its ``choices``
     metadata (or ``choices[name]``). ``default_note`` replaces the shown default (e.g. "from the
@@ -184,21 +220,65 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, group: st
             help_text = f"{help_text} (default: {default_note})".strip()
         elif default is not None and default != "" and "default" not in help_text:
             help_text = f"{help_text} (default: {str(default).lower() if base is bool else default})".strip()
-        own = f"--{f.name.replace('_', '-')}"
+        own = f"--{prefix}{f.name.replace('_', '-')}"
         flags = list((names or {}).get(f.name, ())) or [own]
+        dest = prefix + f.name
         if base is bool:
-            action = target.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS,
+            action = target.add_argument(*flags, dest=dest, default=argparse.SUPPRESS,
                                          help=help_text, action=BoolFlag)
         else:
             metavar = getattr(base, "__name__", "VALUE").upper()
-            action = target.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS,
+            action = target.add_argument(*flags, dest=dest, default=argparse.SUPPRESS,
                                          help=help_text, metavar=None if field_choices else metavar,
                                          type=str, choices=field_choices)
         if own not in flags:
             add_alias(target, action, own)
 
 
-def flags_to_dict(ns: argparse.Namespace, cls: type) -> dict[str, Any]:
+def flags_to_dict(ns: argparse.Namespace, cls: type, prefix: str = "") -> dict[str, Any]:
     """The subset of ``ns`` that names fields of ``cls`` (only flags the user gave)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in vars(ns).items() if k in names}
+    names = {prefix + f.name for f in dataclasses.fields(cls)}
+    return {k.removeprefix(prefix): v for k, v in vars(ns).items() if k in names}
+
+
+# ---- typed options of objectives and tasks as --NAME.option flags ---------------------------
+def add_option_flags(parser: argparse.ArgumentParser, owners: dict[str, type], noun: str,
+                     json_flag: str, skip: tuple[str, ...] = ()) -> None:
+    """One group of ``--NAME.option`` flags per options dataclass in ``owners`` (NAME -> class),
+    e.g. ``--mlm.whole_word true``; they override the same keys of the JSON ``--JSON_FLAG``."""
+    for name, options in owners.items():
+        fields = [f.name for f in dataclasses.fields(options) if f.name not in skip]
+        if fields:
+            add_dataclass_flags(parser, options, group=f"{noun} '{name}' options (or as JSON: "
+                                f"--{json_flag} '{{\"{fields[0]}\": ...}}')",
+                                skip=skip, prefix=f"{name}.")
+
+
+def given_option_flags(ns: argparse.Namespace, owners: dict[str, type]) -> list[str]:
+    """The ``--NAME.option`` flags the user gave, as ``NAME.option``."""
+    return [f"{name}.{key}" for name, options in owners.items()
+            for key in flags_to_dict(ns, options, prefix=f"{name}.")]
+
+
+def merge_option_flags(ns: argparse.Namespace, owners: dict[str, type], chosen: str, noun: str,
+                       base: Any) -> Any:
+    """``base`` (a JSON string or mapping of ``chosen``'s options, or None) with the
+    ``--CHOSEN.option`` flags the user gave laid over it. ``--OTHER.option`` flags for another
+    NAME than ``chosen`` are a ConfigError."""
+    given = {name: flags_to_dict(ns, options, prefix=f"{name}.") for name, options in owners.items()}
+    wrong = sorted(name for name, values in given.items() if values and name != chosen)
+    if wrong:
+        flag = f"--{wrong[0]}.{next(iter(given[wrong[0]]))}"
+        raise ConfigError(f"{flag} is an option of {noun} '{wrong[0]}', but this run's {noun} is "
+                          f"'{chosen}'")
+    if not given.get(chosen):
+        return base
+    if isinstance(base, str):
+        try:
+            base = json.loads(base)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{noun} options are not valid JSON: {exc}") from None
+    if base is not None and not isinstance(base, dict):
+        raise ConfigError(f"{noun} options must be a JSON mapping, got {base!r}")
+    options, where = owners[chosen], f"{noun} '{chosen}' option"
+    return {**(base or {}), **{k: coerce(options, k, v, what=where) for k, v in given[chosen].items()}}

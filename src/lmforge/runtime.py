@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-import weakref
 
 import torch
 
@@ -65,41 +64,14 @@ def autocast(device: torch.device, precision: str):
 
 
 def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
-    """Training FLOPs per token: 6N for the matmuls plus attention (PaLM appendix B); an LSTM
-    uses each weight once per token and has no attention."""
-    cfg = model.config
-    n = model.num_parameters(non_embedding=True)
-    if getattr(cfg, "arch", "decoder") == "lstm":
-        return 6 * n
-    return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
-
-
-_MATMUL_WEIGHTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, int, int]]" = weakref.WeakKeyDictionary()
+    """Training FLOPs per token of ``model`` at ``seq_len`` (the model's own count)."""
+    return model.flops_per_token(seq_len)
 
 
 def batch_flops(model: torch.nn.Module, batch: dict, tokens: int, per_token: float) -> float:
-    """Training FLOPs of one batch of ``tokens`` real tokens: ``tokens * per_token`` (the
-    model's :func:`flops_per_token`, computed once by the caller), except for encoder-decoders,
-    which are not 6N per token: encoder weights (and the decoder's cross-attention key/value
-    projections) see the source tokens, the other decoder weights and the output head the
-    target tokens; attention spans the source (encoder, cross) or the target (decoder
-    self-attention)."""
-    cfg = model.config
-    if getattr(cfg, "arch", "decoder") != "encoder-decoder" or "labels" not in batch:
-        return tokens * per_token
-    src, tgt = tokens, int((batch["labels"] != -100).sum())
-    S, T = batch["input_ids"].shape[1], batch["labels"].shape[1]
-    if model not in _MATMUL_WEIGHTS:
-        _MATMUL_WEIGHTS[model] = (
-            *(sum(m.weight.numel() for m in blocks.modules() if isinstance(m, torch.nn.Linear))
-              for blocks in (model.enc_blocks, model.dec_blocks)),
-            sum(block.cross_attn.kv.weight.numel() for block in model.dec_blocks))
-    enc, dec, cross_kv = _MATMUL_WEIGHTS[model]
-    head = cfg.n_embd * cfg.vocab_size
-    d_attn = cfg.n_head * cfg.head_dim
-    matmuls = src * (enc + cross_kv) + tgt * (dec - cross_kv + head)
-    attention = d_attn * (cfg.n_layer * src * S + cfg.decoder_layers * tgt * (T + S))
-    return 6 * matmuls + 12 * attention
+    """Training FLOPs of one batch of ``tokens`` real tokens (the model's own count, given its
+    ``per_token`` figure computed once by the caller)."""
+    return model.batch_flops(batch, tokens, per_token)
 
 
 KNOWN_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0,

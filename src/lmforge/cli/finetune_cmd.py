@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import add_dataclass_flags, flags_to_dict, from_dict, load_file
+from ..config import (add_dataclass_flags, add_option_flags, flags_to_dict, from_dict, given_option_flags,
+                      load_file, merge_option_flags)
 from ..errors import ConfigError
 from ..training.config import CHOICES
 from .flags import examples, task_names
@@ -34,7 +35,19 @@ def register(sub) -> None:
     add_dataclass_flags(p, FinetuneConfig, skip=("objective", "objective_args", "sampling",
                                                  "eval_batches"),
                         choices={**CHOICES, "task": task_names()}, names={"out_dir": ("--out", "-o")})
+    add_option_flags(p, task_options(), "task", "task_args", skip=SET_BY_FINETUNE)
     p.set_defaults(func=run)
+
+
+# Task options that fine-tuning fills itself (from its own flags, the model, the data).
+SET_BY_FINETUNE = ("labels", "tokenizer_config", "text_column", "text_pair_column", "label_column",
+                   "encoding", "class_weights")
+
+
+def task_options() -> dict[str, type]:
+    """Each task's options dataclass: its ``--TASK.option`` flags."""
+    from ..tasks.base import all_tasks
+    return {name: cls.Options for name, cls in all_tasks().items()}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,11 +59,17 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     if args.resume:
+        if given_option_flags(args, task_options()):
+            raise ConfigError("task options cannot change when resuming a run")
         cfg = resume_config(args.resume, flags_to_dict(args, FinetuneConfig))
         result = finetune(cfg, resume=True)
     else:
         data = load_file(args.config) if args.config else {}
         data.update(flags_to_dict(args, FinetuneConfig))
+        task_args = merge_option_flags(args, task_options(), data.get("task", "classification"),
+                                       "task", data.get("task_args"))
+        if task_args is not None:
+            data["task_args"] = task_args
         cfg = from_dict(FinetuneConfig, data, where=args.config or "command line")
         result = finetune(cfg, seeds, overwrite=args.overwrite)
     if seeds:

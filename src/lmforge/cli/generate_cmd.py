@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     model = language_model(model, args, "generate", "a language model (decoder, "
                            "encoder-decoder or LSTM)")
     # An encoder-decoder's output is not a continuation of its input: print the output alone.
-    echo = getattr(model.config, "arch", None) != "encoder-decoder"
+    echo = not model.is_seq2seq
     batch = [p for p in prompts for _ in range(args.num_samples)]
     streaming = len(batch) == 1 and not (args.no_stream or args.json)
     stream = EchoFirst(prompts[0] if echo else "") if streaming else None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import add_dataclass_flags, coerce, flags_to_dict, from_dict, load_file
+from ..config import (add_dataclass_flags, add_option_flags, coerce, flags_to_dict, from_dict,
+                      given_option_flags, load_file, merge_option_flags)
 from ..errors import ConfigError
 from ..models.config import CHOICES as MODEL_CHOICES
 from ..models.config import FIELD_HELP, ModelConfig
@@ -37,7 +38,14 @@ def register(sub) -> None:
     add_dataclass_flags(p, ModelConfig, group="model architecture (new models only)",
                         skip=MODEL_FLAGS_SKIP, choices=MODEL_CHOICES, helps=FIELD_HELP,
                         default_note="from the preset")
+    add_option_flags(p, objective_options(), "objective", "objective_args")
     p.set_defaults(func=run)
+
+
+def objective_options() -> dict[str, type]:
+    """Each objective's options dataclass: its ``--NAME.option`` flags."""
+    from ..objectives import OBJECTIVES
+    return {name: cls.Options for name, cls in OBJECTIVES.items()}
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -51,6 +59,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for key in MODEL_FLAGS_SKIP:
         model_args.pop(key, None)
     data.update(flags)
+    objective_args = merge_option_flags(args, objective_options(), data.get("objective", "causal_lm"),
+                                        "objective", data.get("objective_args"))
+    if objective_args is not None:
+        data["objective_args"] = objective_args
     if model_args:
         data["model_args"] = model_args
     return from_dict(TrainConfig, data, where=args.config or "command line")
@@ -61,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         overrides = flags_to_dict(args, TrainConfig)
         if flags_to_dict(args, ModelConfig) or "model_args" in overrides:
             raise ConfigError("architecture flags cannot change when resuming a run")
+        if given_option_flags(args, objective_options()):
+            raise ConfigError("objective options cannot change when resuming a run")
         cfg = load_run_config(args.resume, overrides)
         result = pretrain(cfg, resume=True)
     else:

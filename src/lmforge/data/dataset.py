@@ -21,6 +21,10 @@ from .layout import read_meta, sentence_index_name
 _SCAN_TOKENS = 1 << 24  # EOS search block: bounds the memory of documents()
 
 
+class MissingSplitError(DataError):
+    """A prepared dataset without the split asked for (e.g. no validation tokens)."""
+
+
 class TokenShards:
     """One split of a prepared dataset: a list of memmapped shards of token ids.
 
@@ -34,7 +38,7 @@ class TokenShards:
         self.meta = read_meta(self.root)
         info = self.meta["splits"].get(split)
         if not info or not info.get("tokens"):
-            raise DataError(f"dataset {self.root} has no '{split}' tokens")
+            raise MissingSplitError(f"dataset {self.root} has no '{split}' tokens")
         self.split = split
         dtype = np.dtype(self.meta["dtype"]).newbyteorder("<")
         self.shards, self.names = [], []

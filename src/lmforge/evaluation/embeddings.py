@@ -29,7 +29,7 @@ from tokenizers import Tokenizer
 
 from ..errors import ConfigError, DataError
 from ..tokenization import encode
-from .masked_inputs import frame_ids, is_encoder, model_autocast, padding_id, wrap
+from .masked_inputs import frame_ids, model_autocast, padding_id, wrap
 
 POOLINGS = ("mean", "cls", "pooler")
 
@@ -39,10 +39,10 @@ def _check(model: torch.nn.Module, pooling: str, cls_id: int | None, batch_size:
     """Validate the arguments; return the token budget per text."""
     if pooling not in POOLINGS:
         raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-    encoder = is_encoder(model)
+    encoder = model.is_encoder
     if pooling != "mean" and not encoder:
         raise ConfigError(f"pooling '{pooling}' needs an encoder with a [CLS] token; use "
-                          f"--pooling mean for a {model.config.arch} model")
+                          f"--pooling mean for a {model.kind} model")
     if pooling != "mean" and cls_id is None:
         raise ConfigError(f"pooling '{pooling}' needs a [CLS] token in the tokenizer; use --pooling mean")
     if pooling == "pooler" and model.pooler is None:
@@ -50,7 +50,7 @@ def _check(model: torch.nn.Module, pooling: str, cls_id: int | None, batch_size:
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     # An LSTM has no position limit; its context_length only bounds training's BPTT length.
-    limit = None if getattr(model, "recurrent", False) else model.config.context_length
+    limit = None if model.recurrent else model.config.context_length
     if max_length is None:
         return limit or 1 << 30
     if max_length < 1 or (limit is not None and max_length > limit):
@@ -80,11 +80,11 @@ def text_ids(tokenizer: Tokenizer, texts: Sequence[str], encoder: bool,
 
 def hidden_states(model: torch.nn.Module, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
     """Final hidden states (B, T, d) of a right-padded batch, whatever the architecture."""
-    if is_encoder(model):
+    if model.is_encoder:
         return model(ids, attention)
-    if model.config.arch == "encoder-decoder":
+    if model.is_seq2seq:
         return model.encode(ids, attention)
-    if getattr(model, "recurrent", False):
+    if model.recurrent:
         # Right padding comes after every real token, so it cannot reach them through the state.
         return model.lstm(model.embed(ids))[0]
     return model.hidden_states(ids, attention_mask=attention)
@@ -114,7 +114,7 @@ def embed(model: torch.nn.Module, tokenizer: Tokenizer, texts: Sequence[str], po
                           f"fine-tuned from")
     cls_id, _ = frame_ids(tokenizer)
     budget = _check(model, pooling, cls_id, batch_size, max_length)
-    all_ids = text_ids(tokenizer, texts, is_encoder(model), budget)
+    all_ids = text_ids(tokenizer, texts, model.is_encoder, budget)
     device = next(model.parameters()).device
     pad = padding_id(tokenizer)
     out = torch.empty(len(all_ids), model.config.n_embd, dtype=torch.float32)

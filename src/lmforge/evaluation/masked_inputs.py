@@ -14,11 +14,6 @@ from ..objectives.mlm import CLS_TOKENS, MASK_TOKENS, PAD_TOKENS, SEP_TOKENS, fi
 from ..runtime import autocast, resolve_precision
 
 
-def is_encoder(model: torch.nn.Module) -> bool:
-    """True for a bidirectional encoder (``arch="encoder"``)."""
-    return getattr(model.config, "arch", "decoder") == "encoder"
-
-
 def require_encoder(model: torch.nn.Module, what: str) -> None:
     """Refuse a decoder, an LSTM or an encoder without a masked-LM head: ``what`` needs
     predictions from both sides of a token."""
@@ -26,12 +21,11 @@ def require_encoder(model: torch.nn.Module, what: str) -> None:
         raise ConfigError(f"{what} needs a language model, not a fine-tuned {model.spec.task} "
                           f"model; pass its backbone (model.backbone) or the model it was "
                           f"fine-tuned from")
-    if not is_encoder(model):
-        arch = getattr(model.config, "arch", "decoder")
+    if not model.is_encoder:
         raise ConfigError(f"{what} needs an encoder model with a masked-LM head (arch=encoder, "
                           f"e.g. trained with --model bert-mini --objective mlm); this model's "
-                          f"arch is {arch}")
-    if getattr(model, "mlm_head", None) is None:
+                          f"arch is {model.kind}")
+    if not model.has_mlm_head():
         raise ConfigError(f"{what} needs a masked-LM head, and this encoder has none (imported "
                           "without one, e.g. a sentence-embedding model)")
 

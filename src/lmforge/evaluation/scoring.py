@@ -71,7 +71,7 @@ def token_logprobs(model: torch.nn.Module, ids: Sequence[int], stride: int | Non
     ids[b+1:e+1], of which it keeps only those not scored by the window before. A recurrent
     model is scored by ``recurrent_token_logprobs`` instead (``stride`` does not apply).
     """
-    if getattr(model, "recurrent", False):
+    if model.recurrent:
         return recurrent_token_logprobs(model, ids, max_length or RECURRENT_CHUNK, precision)
     max_length, stride = _window(model, stride, max_length)
     device = next(model.parameters()).device
@@ -122,7 +122,7 @@ def score_text(model: torch.nn.Module, tokenizer: Tokenizer, text: str, stride: 
         raise ConfigError(f"scoring needs a language model, not a fine-tuned {model.spec.task} "
                           f"model; pass its backbone (model.backbone) or the model it was "
                           f"fine-tuned from")
-    if getattr(model.config, "arch", "decoder") == "encoder":
+    if model.is_encoder:
         if stride is not None:
             raise ConfigError("stride does not apply to an encoder: pseudo-log-likelihood scores "
                               "each token in its own window centred on it")

@@ -278,8 +278,8 @@ def generate_seq2seq(model: torch.nn.Module, sources: Sequence[Sequence[int]], m
     check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     _check_beam_args(num_beams, early_stopping, no_repeat_ngram_size)
     cfg = model.config
-    if getattr(cfg, "arch", None) != "encoder-decoder":
-        raise ConfigError(f"generate_seq2seq needs an encoder-decoder model, got a {cfg.arch}")
+    if not model.is_seq2seq:
+        raise ConfigError(f"generate_seq2seq needs an encoder-decoder model, got a {model.kind}")
     start_id = decoder_start_token_id
     if start_id is None:
         start_id = cfg.decoder_start_token_id
@@ -364,14 +364,14 @@ def generate_tokens(model: torch.nn.Module, prompts: Sequence[Sequence[int]], ma
                           f"model; pass its backbone (model.backbone) or the model it was "
                           f"fine-tuned from")
     compile = kwargs.pop("compile", False)
-    if getattr(model.config, "arch", None) == "encoder-decoder":
+    if model.is_seq2seq:
         return generate_seq2seq(model, prompts, max_new_tokens, num_beams=num_beams,
                                 length_penalty=length_penalty, early_stopping=early_stopping,
                                 no_repeat_ngram_size=no_repeat_ngram_size, **kwargs)
     if num_beams > 1:
-        if getattr(model.config, "arch", None) != "decoder":
+        if not model.is_decoder or model.recurrent:
             raise LMForgeError(f"beam search needs a Transformer decoder or encoder-decoder, "
-                               f"got a {model.config.arch}")
+                               f"got a {model.kind}")
         for name in ("temperature", "top_k", "top_p", "repetition_penalty", "greedy", "seed"):
             kwargs.pop(name, None)  # beam search is deterministic
         return beam_search_decoder(model, prompts, max_new_tokens, num_beams, length_penalty,

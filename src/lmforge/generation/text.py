@@ -186,7 +186,7 @@ def generate_text(model: torch.nn.Module, tokenizer: Tokenizer, prompts: str | S
         raise ValueError("stream_to needs exactly one prompt")
     stop_strings = [s for s in (stop_strings or ()) if s]
     encoded = [encode_prompt(tokenizer, prompt) for prompt in prompts]
-    seq2seq = getattr(model.config, "arch", None) == "encoder-decoder"
+    seq2seq = model.is_seq2seq
     texts = [_CompletionText(IncrementalDecoder(tokenizer, [] if seq2seq else ids), stop_strings,
                              stream_to) for ids in encoded]
     stop_ids = set(stop_token_ids or ())

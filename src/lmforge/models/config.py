@@ -12,6 +12,10 @@ from ..config import from_dict
 from ..errors import ConfigError
 from ..files import atomic_write_text
 
+def _help(text: str, default: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": text})
+
+
 CHOICES = {
     "arch": ("decoder", "encoder", "encoder-decoder", "lstm"),
     "pos_embedding": ("learned", "rope", "relative"),  # relative = T5 bias (encoder-decoder)
@@ -65,49 +69,51 @@ class ModelConfig:
     """Architecture of a model. GPT-2, Llama and BERT Transformers differ only in these values;
     ``arch="lstm"`` builds an LSTM LM, which reads only some of them (see ``models/lstm.py``)."""
 
-    arch: str = "decoder"
-    vocab_size: int = 50257
-    context_length: int = 1024  # maximum sequence length (positions)
-    n_layer: int = 12
-    n_head: int = 12
-    n_kv_head: int | None = None  # grouped-query attention; None = n_head (multi-head)
-    n_embd: int = 768
-    head_dim: int | None = None  # None = n_embd // n_head
-    intermediate_size: int | None = None  # None = 4 * n_embd
-    pos_embedding: str = "learned"
-    rope_base: float = 10000.0
-    # RoPE context extension, as Hugging Face's ``rope_scaling``: {"rope_type": "linear",
-    # "factor": f} or Llama 3's {"rope_type": "llama3", "factor", "low_freq_factor",
-    # "high_freq_factor", "original_max_position_embeddings"}; None = plain RoPE.
-    rope_scaling: dict | None = None
-    norm: str = "layernorm"
-    norm_eps: float = 1e-5
-    norm_placement: str = "pre"
-    mlp: str = "mlp"
-    activation: str = "gelu_tanh"
-    bias: bool = True
-    qkv_bias: bool | None = None  # bias on the q/k/v projections only; None = ``bias`` (Qwen2: True)
-    tie_embeddings: bool = True
-    # Multiplies the final hidden state before the output head (T5 with tied embeddings uses
-    # n_embd ** -0.5); None = no scaling.
-    output_scale: float | None = None
-    dropout: float = 0.0
-    init_std: float = 0.02
-    # LSTM (arch="lstm") only: share of word types whose embedding is zeroed per batch (AWD-LSTM).
-    embedding_dropout: float = 0.0
-    # Encoder (BERT) parts: segment embeddings, LayerNorm on the embeddings, [CLS] pooler.
-    type_vocab_size: int = 0
-    embedding_norm: bool = False
-    pooler: bool = False
-    mlm_head: bool = True  # encoder: masked-LM head (imported encoders may come without one)
-    sentence_head: bool = True  # encoder with a pooler: the two-way NSP/SOP head
-    # Encoder-decoder (arch="encoder-decoder", T5 / BART) parts.
-    n_decoder_layer: int | None = None  # None = n_layer
-    # First decoder input; None = chosen from the tokenizer by the objective (T5: pad, BART: eos).
-    decoder_start_token_id: int | None = None
-    relative_attention_num_buckets: int = 32  # pos_embedding="relative" (T5 position bias)
-    relative_attention_max_distance: int = 128
-    attention_scale: float | None = None  # None = 1/sqrt(head_dim); T5 uses 1.0 (no scaling)
+    arch: str = _help("decoder (GPT), encoder (BERT), encoder-decoder (T5/BART) or lstm", "decoder")
+    vocab_size: int = _help("token embeddings (follows the dataset's tokenizer)", 50257)
+    context_length: int = _help("maximum sequence length (positions); an LSTM's BPTT length", 1024)
+    n_layer: int = _help("Transformer blocks (an encoder-decoder's encoder blocks; LSTM layers)", 12)
+    n_head: int = _help("attention heads", 12)
+    n_kv_head: int | None = _help("key/value heads for grouped-query attention (default: n_head)", None)
+    n_embd: int = _help("hidden size", 768)
+    head_dim: int | None = _help("size of one attention head (default: n_embd // n_head)", None)
+    intermediate_size: int | None = _help("MLP hidden size (default: 4 * n_embd)", None)
+    pos_embedding: str = _help("learned, rope or relative (T5 bias, encoder-decoders)", "learned")
+    rope_base: float = _help("RoPE base frequency", 10000.0)
+    # As Hugging Face's ``rope_scaling``: {"rope_type": "linear", "factor": f} or Llama 3's
+    # {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"}.
+    rope_scaling: dict | None = _help("RoPE context extension as JSON, e.g. {\"rope_type\": "
+                                      "\"linear\", \"factor\": 2} (default: plain RoPE)", None)
+    norm: str = _help("layernorm or rmsnorm", "layernorm")
+    norm_eps: float = _help("epsilon of the norms", 1e-5)
+    norm_placement: str = _help("pre (GPT-2, Llama) or post (BERT, BART) norm blocks", "pre")
+    mlp: str = _help("mlp, swiglu or gated (act(gate) * up with any activation, T5 v1.1)", "mlp")
+    activation: str = _help("gelu, gelu_tanh, relu or silu", "gelu_tanh")
+    bias: bool = _help("biases on linear layers and norms", True)
+    qkv_bias: bool | None = _help("bias on the q/k/v projections only (default: bias; Qwen2: true)", None)
+    tie_embeddings: bool = _help("output head shares the token embedding matrix", True)
+    # T5 with tied embeddings uses n_embd ** -0.5.
+    output_scale: float | None = _help("multiplies the final hidden state before the output head "
+                                       "(default: none)", None)
+    dropout: float = _help("dropout rate", 0.0)
+    init_std: float = _help("standard deviation of the initial weights", 0.02)
+    embedding_dropout: float = _help("LSTM only: share of word types whose embedding is zeroed "
+                                     "per batch (AWD-LSTM)", 0.0)
+    # Encoder (BERT) parts.
+    type_vocab_size: int = _help("encoder: segment (token type) embeddings (0 = none)", 0)
+    embedding_norm: bool = _help("LayerNorm on the embeddings (BERT, BART)", False)
+    pooler: bool = _help("encoder: [CLS] pooler (dense + tanh)", False)
+    mlm_head: bool = _help("encoder: masked-LM head (imported encoders may come without one)", True)
+    sentence_head: bool = _help("encoder with a pooler: the two-way NSP/SOP head", True)
+    # Encoder-decoder (T5 / BART) parts.
+    n_decoder_layer: int | None = _help("encoder-decoder: decoder blocks (default: n_layer)", None)
+    decoder_start_token_id: int | None = _help("encoder-decoder: first decoder input (default: "
+                                               "chosen from the tokenizer, T5 pad, BART eos)", None)
+    relative_attention_num_buckets: int = _help("T5 relative position buckets", 32)
+    relative_attention_max_distance: int = _help("T5 relative position: largest distinguished "
+                                                 "distance", 128)
+    attention_scale: float | None = _help("attention score scale (default: 1/sqrt(head_dim); T5: 1.0)", None)
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:

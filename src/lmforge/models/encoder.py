@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .interface import ModelInterface
 from .transformer import ACTIVATIONS, Block, init_weights, make_norm
 
 
@@ -28,9 +29,11 @@ class MLMHead(nn.Module):
         return F.linear(h, self.embedding.weight, self.bias)
 
 
-class Encoder(nn.Module):
+class Encoder(ModelInterface, nn.Module):
     """BERT-style encoder. ``forward`` gives hidden states; ``mlm_logits`` projects only the
     positions asked for (the 15% that masked LM predicts, not all of them)."""
+
+    extra_forward_methods = ("mlm_logits", "sentence_logits")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -72,6 +75,9 @@ class Encoder(nn.Module):
         for block in self.blocks:
             x = block(x, None, mask)
         return self.ln_f(x)
+
+    def has_mlm_head(self) -> bool:
+        return self.mlm_head is not None
 
     def mlm_logits(self, hidden: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Vocabulary logits at ``positions`` (a boolean mask over (B, T)), or everywhere."""

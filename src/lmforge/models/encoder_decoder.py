@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .interface import ModelInterface
 from .transformer import (KVCache, Block, compute_dtype, explicit_attention, init_weights, make_norm,
                           use_explicit_attention)
 
@@ -149,7 +150,7 @@ class Seq2SeqCache:
         self.cross = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cross]
 
 
-class EncoderDecoder(nn.Module):
+class EncoderDecoder(ModelInterface, nn.Module):
     """Encoder-decoder language model (T5 or BART style, chosen by ``ModelConfig``).
 
     ``encode`` runs the bidirectional encoder over a right-padded source; ``decode`` runs the
@@ -181,6 +182,7 @@ class EncoderDecoder(nn.Module):
         init_weights(self, cfg)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
+        self._matmul_weights: tuple[int, int, int] | None = None  # batch_flops' counts, once
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Unique parameters; ``non_embedding`` drops the position tables (and the token
@@ -192,6 +194,30 @@ class EncoderDecoder(nn.Module):
             if not self.config.tie_embeddings:
                 n -= self.wte.weight.numel()
         return n
+
+    supported_parallel_modes = ("ddp",)
+
+    def batch_flops(self, batch: dict, tokens: int, per_token: float) -> float:
+        """Not 6N per token: encoder weights (and the decoder's cross-attention key/value
+        projections) see the source tokens, the other decoder weights and the output head the
+        target tokens; attention spans the source (encoder, cross) or the target (decoder
+        self-attention)."""
+        if "labels" not in batch:
+            return tokens * per_token
+        cfg = self.config
+        src, tgt = tokens, int((batch["labels"] != -100).sum())
+        S, T = batch["input_ids"].shape[1], batch["labels"].shape[1]
+        if self._matmul_weights is None:
+            self._matmul_weights = (
+                *(sum(m.weight.numel() for m in blocks.modules() if isinstance(m, nn.Linear))
+                  for blocks in (self.enc_blocks, self.dec_blocks)),
+                sum(block.cross_attn.kv.weight.numel() for block in self.dec_blocks))
+        enc, dec, cross_kv = self._matmul_weights
+        head = cfg.n_embd * cfg.vocab_size
+        d_attn = cfg.n_head * cfg.head_dim
+        matmuls = src * (enc + cross_kv) + tgt * (dec - cross_kv + head)
+        attention = d_attn * (cfg.n_layer * src * S + cfg.decoder_layers * tgt * (T + S))
+        return 6 * matmuls + 12 * attention
 
     def _check_length(self, length: int, what: str) -> None:
         if length > self.config.context_length:

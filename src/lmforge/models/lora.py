@@ -22,6 +22,9 @@ from ..errors import ConfigError
 class LoRALinear(nn.Module):
     """``base(x) + dropout(x) A^T B^T * alpha / r`` with ``base`` frozen."""
 
+    # Sharding would split ``base`` and the low-rank factors differently; LoRA runs replicated.
+    only_parallel_modes = ("ddp",)
+
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
         super().__init__()
         self.base, self.r, self.scaling = base, r, alpha / r

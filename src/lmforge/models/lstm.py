@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from .config import ModelConfig
+from .interface import ModelInterface
 from .logits import top_k_filter
 from .transformer import compute_dtype
 
@@ -27,10 +28,11 @@ State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each of shape (n_layer, B, 
 INIT_RANGE = 0.1  # embeddings (and an untied output layer) ~ U(-0.1, 0.1), as Zaremba et al.
 
 
-class LSTMLM(nn.Module):
+class LSTMLM(ModelInterface, nn.Module):
     """Embedding, stacked ``nn.LSTM``, linear output layer (tied to the embedding by default)."""
 
     recurrent = True  # scoring and training code carry ``state`` across chunks of a sequence
+    supported_parallel_modes = ("ddp",)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -57,6 +59,10 @@ class LSTMLM(nn.Module):
         if non_embedding and not self.config.tie_embeddings:
             n -= self.wte.weight.numel()
         return n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """6N: each weight is used once per token, and there is no attention."""
+        return 6 * self.num_parameters(non_embedding=True)
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         """Token vectors (B, T, n_embd) with embedding dropout and dropout applied in training.

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from ..config import from_dict
 from ..errors import ConfigError
+from ..models.interface import ModelInterface
 
 HEAD_TASKS = ("classification", "regression", "token-classification", "qa")
 POOLINGS = ("auto", "pooler", "cls", "mean", "last")
@@ -60,7 +61,7 @@ class TaskSpec:
         return from_dict(cls, data, where="task config").validate()
 
 
-class TaskModel(nn.Module):
+class TaskModel(ModelInterface, nn.Module):
     """Backbone + dropout + linear head. ``forward`` returns (B, labels) for sequence tasks,
     (B,) for regression, (B, T, labels) for token classification and (B, T, 2) start/end
     logits for QA."""
@@ -68,8 +69,8 @@ class TaskModel(nn.Module):
     def __init__(self, backbone: nn.Module, spec: TaskSpec):
         super().__init__()
         spec.validate()
-        arch = backbone.config.arch
-        if arch == "lstm":
+        arch = backbone.kind
+        if backbone.recurrent:
             raise ConfigError("task heads need a Transformer backbone (encoder, decoder or "
                               "encoder-decoder), not an LSTM")
         if spec.task == "qa" and arch == "encoder-decoder":
@@ -97,10 +98,9 @@ class TaskModel(nn.Module):
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Backbone hidden states (B, T, n_embd) of right-padded ``input_ids``."""
-        arch = self.config.arch
-        if arch == "encoder":
+        if self.is_encoder:
             return self.backbone(input_ids, attention_mask, token_type_ids)
-        if arch == "encoder-decoder":
+        if self.is_seq2seq:
             return self.backbone.encode(input_ids, attention_mask)
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None  # no padding: the fused causal kernel
@@ -127,6 +127,17 @@ class TaskModel(nn.Module):
             return self.head(self.dropout(hidden))
         logits = self.head(self.dropout(self.pool(hidden, attention_mask)))
         return logits[:, 0] if self.spec.task == "regression" else logits
+
+    # ---- the model interface: a classifier, trained and sharded as its backbone -------------
+    def can_generate(self) -> bool:
+        return False
+
+    def block_lists(self) -> list[nn.ModuleList]:
+        return self.backbone.block_lists()
+
+    @property
+    def supported_parallel_modes(self) -> tuple[str, ...]:
+        return self.backbone.supported_parallel_modes
 
     # ---- training helpers -----------------------------------------------------------------
     def num_parameters(self, non_embedding: bool = False) -> int:

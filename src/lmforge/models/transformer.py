@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .interface import ModelInterface
 
 
 def make_norm(cfg: ModelConfig, feeds_matmul: bool = False) -> nn.Module:
@@ -305,8 +306,10 @@ def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
             nn.init.normal_(module.weight, mean=0.0, std=cfg.init_std)
 
 
-class GPT(nn.Module):
+class GPT(ModelInterface, nn.Module):
     """Decoder-only causal language model: GPT-2 or Llama style, chosen by ``ModelConfig``."""
+
+    supported_parallel_modes = ("ddp", "fsdp", "tp")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -334,6 +337,9 @@ class GPT(nn.Module):
             if not self.config.tie_embeddings:
                 n -= self.wte.weight.numel()
         return n
+
+    def uses_every_weight(self) -> bool:
+        return True  # a decoder LM's loss reaches every weight
 
     def hidden_states(self, idx: torch.Tensor, position_ids: torch.Tensor | None = None,
                       attention_mask: torch.Tensor | None = None,

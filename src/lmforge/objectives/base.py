@@ -5,15 +5,25 @@ what is being learned."""
 from __future__ import annotations
 
 import contextlib
-import inspect
+import dataclasses
 import math
 from typing import Any
 
 import torch
 
+from ..config import options_from_dict
 from ..data.dataset import RandomWindows, SequentialWindows, TokenShards, fixed_windows
-
 from ..errors import ConfigError
+
+
+@dataclasses.dataclass
+class NoOptions:
+    """An objective without options."""
+
+
+def option(default: Any, help: str) -> Any:
+    """A field of an objective's or task's options dataclass, with its help text."""
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 class Objective:
@@ -28,14 +38,28 @@ class Objective:
     # rank's sampler reads only the rank's rows (``train_sampler(rows=...)``) and the run stays
     # equal to one process; otherwise every rank builds the global batch and keeps its rows.
     rank_local_rows = False
+    # Whether the objective carries state from one batch to the next (per-stream recurrent
+    # state), so that it must run in one process.
+    carries_state = False
+    # Whether the loss calls only the model's forward (FSDP and TP wrap forward; generation at
+    # evaluation calls more).
+    forward_only = True
+    # The typed options (``--objective_args`` / ``--NAME.option`` flags), read as ``self.options``.
+    Options: type = NoOptions
+    noun = "objective"  # what error messages call it ("task" for fine-tuning tasks)
 
     def __init__(self, tokenizer=None, meta: dict | None = None, **options: Any):
         """``tokenizer`` (a ``tokenizers.Tokenizer``, if the dataset has one) and the dataset's
-        ``meta`` give objectives their special token ids; ``options`` come from
-        ``TrainConfig.objective_args``."""
+        ``meta`` give objectives their special token ids; ``options`` (from
+        ``TrainConfig.objective_args``) fill ``self.options``, an instance of ``Options``."""
         self.tokenizer, self.meta = tokenizer, meta or {}
-        if options:
-            raise ConfigError(f"objective '{self.name}' takes no option(s) {', '.join(sorted(options))}")
+        self.options = options_from_dict(self.Options, options, where=f"{self.noun} '{self.name}'")
+
+    def frozen_modules(self) -> dict[str, torch.nn.Module]:
+        """Models the loss uses besides the trained one (e.g. a distillation teacher). The
+        Trainer moves them to the run's device, puts them in eval mode and freezes them; they
+        are neither optimized nor saved in checkpoints."""
+        return {}
 
     def window_length(self, block_size: int) -> int:
         """Tokens per raw window drawn from the dataset for a model context of ``block_size``."""
@@ -124,21 +148,4 @@ def get_objective(name: str, tokenizer=None, meta: dict | None = None, **options
     """Instantiate objective ``name`` with the dataset's tokenizer/meta and its options."""
     if name not in OBJECTIVES:
         raise ConfigError(f"unknown objective '{name}'; choose one of: {', '.join(OBJECTIVES)}")
-    check_options(OBJECTIVES[name], options, f"objective_args of {name}",
-                  skip=("tokenizer", "meta"))
     return OBJECTIVES[name](tokenizer=tokenizer, meta=meta, **options)
-
-
-def check_options(cls: type, options: dict[str, Any], where: str,
-                  skip: tuple[str, ...] = ()) -> None:
-    """An unknown key in ``options`` for ``cls(...)`` is a ConfigError listing the valid ones
-    (a class that takes ``**options`` checks its own)."""
-    params = inspect.signature(cls).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    valid = [n for n, p in params.items()
-             if n not in skip and p.kind is not inspect.Parameter.VAR_POSITIONAL]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}; valid: "
-                          f"{', '.join(valid) or 'none'}")

@@ -26,6 +26,7 @@ from .base import Objective, register
 class BPTTLM(Objective):
     name = "bptt_lm"
     rank_local_rows = True  # each rank carries the state of its own streams
+    carries_state = True
 
     def __init__(self, tokenizer=None, meta: dict | None = None, **options: Any):
         super().__init__(tokenizer, meta, **options)
@@ -34,7 +35,7 @@ class BPTTLM(Objective):
                                                                             "eval": None}
 
     def check_model(self, model: torch.nn.Module) -> None:
-        if getattr(model.config, "arch", None) != "lstm":
+        if not model.recurrent:
             raise ConfigError(f"objective '{self.name}' needs an LSTM model (--model lstm-small)")
 
     def train_sampler(self, data: TokenShards, block_size: int, batch_size: int, seed: int,

@@ -22,9 +22,9 @@ class CausalLM(Objective):
 
     def check_model(self, model: torch.nn.Module) -> None:
         # An LSTM trains on the same windows, from a fresh state each (see bptt_lm to carry it).
-        if getattr(model.config, "arch", "decoder") not in ("decoder", "lstm"):
+        if not model.is_decoder:
             raise ConfigError(f"objective 'causal_lm' needs a decoder or LSTM model, "
-                              f"got '{model.config.arch}'")
+                              f"got '{model.kind}'")
 
     def make_batch(self, windows: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"input_ids": windows[:, :-1], "labels": windows[:, 1:]}

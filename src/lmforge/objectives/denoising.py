@@ -18,6 +18,7 @@ window; sentence permutation needs a dataset prepared with ``--split-sentences``
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -25,9 +26,9 @@ import torch
 
 from ..data.dataset import RandomWindows, SequentialWindows, TokenShards, _locate
 from ..errors import ConfigError
-from .base import register
+from .base import option, register
 from .mlm import MASK_TOKENS, find_token
-from .seq2seq import Seq2SeqObjective
+from .seq2seq import Seq2SeqObjective, Seq2SeqOptions
 
 SENTINEL = "<extra_id_{}>"
 
@@ -117,6 +118,12 @@ def sentinel_ids(tokenizer) -> list[int]:
     return ids
 
 
+@dataclass
+class T5SpanOptions(Seq2SeqOptions):
+    noise_density: float = option(0.15, "share of tokens corrupted")
+    mean_span_length: float = option(3.0, "mean length of a corrupted span")
+
+
 @register
 class T5SpanCorruption(Seq2SeqObjective):
     """T5 span corruption (see the module docstring); options ``noise_density``,
@@ -124,11 +131,11 @@ class T5SpanCorruption(Seq2SeqObjective):
 
     name = "t5_span"
     default_start = "pad"
+    Options = T5SpanOptions
 
-    def __init__(self, tokenizer=None, meta: dict | None = None, noise_density: float = 0.15,
-                 mean_span_length: float = 3.0, decoder_start_token_id: int | None = None,
-                 seed: int | None = None, **options):
-        super().__init__(tokenizer, meta, decoder_start_token_id, seed, **options)
+    def __init__(self, tokenizer=None, meta: dict | None = None, **options):
+        super().__init__(tokenizer, meta, **options)
+        noise_density, mean_span_length = self.options.noise_density, self.options.mean_span_length
         if not 0 < noise_density < 1 or mean_span_length < 1:
             raise ConfigError("objective_args: need 0 < noise_density < 1 and mean_span_length >= 1")
         self.noise_density, self.mean_span_length = noise_density, mean_span_length
@@ -262,6 +269,16 @@ class SentenceWindows(RandomWindows):
         return marked_windows(self.data, *_locate(self.counts, flat), self.length)
 
 
+@dataclass
+class BartOptions(Seq2SeqOptions):
+    text_infilling: float = option(0.3, "share of tokens in spans replaced by one <mask> each (0 = off)")
+    poisson_lambda: float = option(3.0, "mean span length of text infilling (Poisson)")
+    token_masking: float = option(0.0, "share of tokens replaced by <mask>")
+    token_deletion: float = option(0.0, "share of tokens deleted")
+    sentence_permutation: bool = option(False, "shuffle the sentences of each window")
+    document_rotation: bool = option(False, "rotate each window to start at a random token")
+
+
 @register
 class BartDenoising(Seq2SeqObjective):
     """BART denoising (see the module docstring). Options: ``text_infilling`` (share of tokens,
@@ -270,13 +287,14 @@ class BartDenoising(Seq2SeqObjective):
 
     name = "bart"
     default_start = "eos"  # BART's decoder starts with </s>
+    Options = BartOptions
 
-    def __init__(self, tokenizer=None, meta: dict | None = None, text_infilling: float = 0.3,
-                 poisson_lambda: float = 3.0, token_masking: float = 0.0,
-                 token_deletion: float = 0.0, sentence_permutation: bool = False,
-                 document_rotation: bool = False, decoder_start_token_id: int | None = None,
-                 seed: int | None = None, **options):
-        super().__init__(tokenizer, meta, decoder_start_token_id, seed, **options)
+    def __init__(self, tokenizer=None, meta: dict | None = None, **options):
+        super().__init__(tokenizer, meta, **options)
+        o = self.options
+        text_infilling, poisson_lambda, token_masking = o.text_infilling, o.poisson_lambda, o.token_masking
+        token_deletion, sentence_permutation, document_rotation = (
+            o.token_deletion, o.sentence_permutation, o.document_rotation)
         for option, value in (("text_infilling", text_infilling), ("token_masking", token_masking),
                               ("token_deletion", token_deletion)):
             if not 0 <= value < 1:

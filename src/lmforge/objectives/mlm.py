@@ -9,13 +9,14 @@ tokens; span masking (SpanBERT) selects contiguous runs of words with geometric 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .base import Objective, register
+from .base import Objective, option, register
 
 MASK_TOKENS = ("[MASK]", "<mask>")
 CLS_TOKENS = ("[CLS]", "<s>")
@@ -49,14 +50,28 @@ def continuation_flags(tokenizer) -> torch.Tensor:
     return flags
 
 
+@dataclass
+class MLMOptions:
+    mask_prob: float = option(0.15, "share of tokens to predict")
+    replace_prob: float = option(0.8, "share of the predicted tokens replaced by [MASK]")
+    random_prob: float = option(0.1, "share of the predicted tokens replaced by a random token "
+                                     "(the rest are kept)")
+    whole_word: bool = option(False, "mask whole words (all pieces of a word together)")
+    span: bool = option(False, "mask spans of whole words, lengths ~ Geometric(span_p) (SpanBERT)")
+    span_p: float = option(0.2, "geometric parameter of span lengths")
+    max_span: int = option(10, "longest span, in words")
+    seed: int | None = option(None, "seed of the masking generator (default: from the run's seed)")
+
+
 @register
 class MaskedLM(Objective):
     name = "mlm"
+    Options = MLMOptions
 
-    def __init__(self, tokenizer=None, meta: dict | None = None, mask_prob: float = 0.15,
-                 replace_prob: float = 0.8, random_prob: float = 0.1, whole_word: bool = False,
-                 span: bool = False, span_p: float = 0.2, max_span: int = 10, seed: int | None = None):
-        super().__init__(tokenizer, meta)
+    def __init__(self, tokenizer=None, meta: dict | None = None, **options: Any):
+        super().__init__(tokenizer, meta, **options)
+        o = self.options
+        mask_prob, replace_prob, random_prob = o.mask_prob, o.replace_prob, o.random_prob
         if tokenizer is None:
             raise ConfigError("objective 'mlm' needs the dataset's tokenizer.json (for [MASK] and specials)")
         if not 0 < mask_prob < 1 or replace_prob < 0 or random_prob < 0 or replace_prob + random_prob > 1:
@@ -69,8 +84,8 @@ class MaskedLM(Objective):
         self.sep_id = find_token(tokenizer, SEP_TOKENS)
         self.pad_id = find_token(tokenizer, PAD_TOKENS)
         self.mask_prob, self.replace_prob, self.random_prob = mask_prob, replace_prob, random_prob
-        self.whole_word, self.span = whole_word or span, span
-        self.span_p, self.max_span = span_p, max_span
+        self.whole_word, self.span = o.whole_word or o.span, o.span
+        self.span_p, self.max_span = o.span_p, o.max_span
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         specials = [i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special]
         self.special = torch.zeros(self.vocab_size, dtype=torch.bool)
@@ -80,17 +95,17 @@ class MaskedLM(Objective):
         self.random_ids = (~self.special).nonzero().flatten()  # random replacements are real tokens
         self.continuation = continuation_flags(tokenizer)[: self.vocab_size] if self.whole_word else None
         # Default: derived from the run's seed (the engine seeds torch first), no draw from it.
-        self.generator = torch.Generator().manual_seed(torch.initial_seed() + 1 if seed is None else seed)
+        self.generator = torch.Generator().manual_seed(torch.initial_seed() + 1 if o.seed is None else o.seed)
 
     # ---- data ---------------------------------------------------------------------------
     def window_length(self, block_size: int) -> int:
         return block_size - (self.cls_id is not None) - (self.sep_id is not None)
 
     def check_model(self, model: torch.nn.Module) -> None:
-        if getattr(model.config, "arch", "decoder") != "encoder":
+        if not model.is_encoder:
             raise ConfigError(f"objective 'mlm' needs an encoder model (e.g. --model bert-mini), "
-                              f"got a {model.config.arch}")
-        if model.mlm_head is None:
+                              f"got a {model.kind}")
+        if not model.has_mlm_head():
             raise ConfigError("objective 'mlm' needs an encoder with a masked-LM head "
                               "(model field mlm_head=true)")
 

@@ -15,6 +15,7 @@ prepared with ``lmforge prepare --split-sentences``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,8 +24,8 @@ import torch.nn.functional as F
 
 from ..data.dataset import TokenShards
 from ..errors import ConfigError, DataError
-from .base import register
-from .mlm import MaskedLM
+from .base import option, register
+from .mlm import MaskedLM, MLMOptions
 
 
 class PairSampler:
@@ -84,12 +85,22 @@ def _randint(low: int, high: int, g: torch.Generator) -> int:
     return int(torch.randint(low, high + 1, (), generator=g))
 
 
+@dataclass
+class SentencePairOptions(MLMOptions):
+    mlm: bool = option(True, "train masked LM alongside the sentence-pair head")
+    short_seq_prob: float = option(0.1, "share of pairs cut to a random shorter length (BERT)")
+    documents: str = option("by_length", "how segment A's document is drawn: by_length (BERT: "
+                                         "longer documents more often) or uniform")
+
+
 class SentencePairObjective(MaskedLM):
     """MLM plus a two-way sentence-pair head; subclasses decide how B relates to A."""
 
-    def __init__(self, tokenizer=None, meta: dict | None = None, mlm: bool = True,
-                 short_seq_prob: float = 0.1, documents: str = "by_length", **mlm_options: Any):
-        super().__init__(tokenizer, meta, **mlm_options)
+    Options = SentencePairOptions
+
+    def __init__(self, tokenizer=None, meta: dict | None = None, **options: Any):
+        super().__init__(tokenizer, meta, **options)
+        mlm, short_seq_prob, documents = self.options.mlm, self.options.short_seq_prob, self.options.documents
         if self.cls_id is None or self.sep_id is None or self.pad_id is None:
             raise ConfigError(f"objective '{self.name}' needs [CLS], [SEP] and [PAD] tokens in the "
                               "tokenizer (train one with --kind wordpiece)")
@@ -103,9 +114,9 @@ class SentencePairObjective(MaskedLM):
     def check_model(self, model) -> None:
         if self.use_mlm:
             super().check_model(model)
-        elif getattr(model.config, "arch", "decoder") != "encoder":
+        elif not model.is_encoder:
             raise ConfigError(f"objective '{self.name}' needs an encoder model (e.g. --model "
-                              f"bert-mini), got a {model.config.arch}")
+                              f"bert-mini), got a {model.kind}")
         if model.sentence_head is None:
             raise ConfigError(f"objective '{self.name}' needs an encoder with a pooler and a "
                               "sentence head (model fields pooler=true, sentence_head=true)")

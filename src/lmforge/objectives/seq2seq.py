@@ -8,6 +8,7 @@ The denoising objectives (T5 span corruption, BART) are in :mod:`.denoising`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,8 +17,15 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..models.encoder_decoder import has_padding
 from ..tokenization import eos_token_id
-from .base import Objective, register
+from .base import Objective, option, register
 from .mlm import PAD_TOKENS, find_token
+
+
+@dataclass
+class Seq2SeqOptions:
+    decoder_start_token_id: int | None = option(None, "first decoder input (default: the model's, "
+                                                      "else pad for T5 and eos for BART)")
+    seed: int | None = option(None, "seed of the noise generator (default: from the run's seed)")
 
 
 class Seq2SeqObjective(Objective):
@@ -31,10 +39,11 @@ class Seq2SeqObjective(Objective):
 
     # The decoder start token when the model does not name one: "pad" (T5) or "eos" (BART).
     default_start = "pad"
+    Options = Seq2SeqOptions
 
-    def __init__(self, tokenizer=None, meta: dict | None = None,
-                 decoder_start_token_id: int | None = None, seed: int | None = None, **options):
+    def __init__(self, tokenizer=None, meta: dict | None = None, **options):
         super().__init__(tokenizer, meta, **options)  # unknown options: a clear ConfigError
+        decoder_start_token_id, seed = self.options.decoder_start_token_id, self.options.seed
         if tokenizer is None:
             raise ConfigError(f"objective '{self.name}' needs the dataset's tokenizer.json "
                               "(for its special tokens)")
@@ -55,9 +64,9 @@ class Seq2SeqObjective(Objective):
 
     def check_model(self, model: torch.nn.Module) -> None:
         cfg = model.config
-        if getattr(cfg, "arch", "decoder") != "encoder-decoder":
+        if not model.is_seq2seq:
             raise ConfigError(f"objective '{self.name}' needs an encoder-decoder model "
-                              f"(e.g. --model t5-tiny or bart-tiny), got a {cfg.arch}")
+                              f"(e.g. --model t5-tiny or bart-tiny), got a {model.kind}")
         if cfg.decoder_start_token_id is None:
             # Recorded in the model config, so generation starts the decoder the same way.
             cfg.decoder_start_token_id = self.decoder_start

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..objectives.base import Objective
+from ..objectives.base import Objective, option  # noqa: F401  (option: for the task modules)
 from ..objectives.mlm import CLS_TOKENS, PAD_TOKENS, SEP_TOKENS, find_token
 from ..tokenization import eos_token_id
 
@@ -28,6 +28,12 @@ TASKS: dict[str, type["TaskObjective"]] = {}
 def register_task(cls):
     TASKS[cls.name] = cls
     return cls
+
+
+def all_tasks() -> dict[str, type["TaskObjective"]]:
+    """Every registered task by name (the task modules register themselves when the
+    ``lmforge.tasks`` package is imported)."""
+    return TASKS
 
 
 def get_task(name: str) -> type["TaskObjective"]:
@@ -98,6 +104,7 @@ class TaskObjective(Objective):
     head: str | None = None
     default_metric = "val_loss"
     archs = ("encoder", "decoder", "encoder-decoder")
+    noun = "task"
 
     def __init__(self, tokenizer, arch: str, max_length: int, **options: Any):
         super().__init__(tokenizer, {}, **options)  # unknown options: one clear ConfigError

@@ -5,13 +5,14 @@ encoder-decoders: the mean of the encoder states)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
-from .base import TaskObjective, cross_entropy, register_task
+from .base import TaskObjective, cross_entropy, option, register_task
 from .metrics import classification_metrics, confusion, regression_metrics
 from .tabular import Row, read_rows
 
@@ -26,6 +27,16 @@ def sorted_labels(values: set[str]) -> list[str]:
         return sorted(values)
 
 
+@dataclass
+class ClassificationOptions:
+    labels: list[str] | None = option(None, "class names in id order (default: from the training data)")
+    class_weights: str | None = option(None, "'balanced' weighs classes by inverse frequency")
+    text_column: str | None = option(None, "text column/field")
+    text_pair_column: str | None = option(None, "second text of a pair")
+    label_column: str | None = option(None, "label column/field")
+    encoding: str = option("utf-8", "encoding of the data files")
+
+
 @register_task
 class SequenceClassification(TaskObjective):
     """Cross-entropy over ``labels`` (optionally class-weighted); metrics accuracy, precision,
@@ -34,11 +45,14 @@ class SequenceClassification(TaskObjective):
     name = "classification"
     head = "classification"
     default_metric = "val_accuracy"
+    Options = ClassificationOptions
+    label_dtype = torch.long
 
-    def __init__(self, tokenizer, arch: str, max_length: int, labels: list[str] | None = None,
-                 class_weights: str | None = None, text_column=None, text_pair_column=None,
-                 label_column=None, encoding: str = "utf-8"):
-        super().__init__(tokenizer, arch, max_length)
+    def __init__(self, tokenizer, arch: str, max_length: int, **options):
+        super().__init__(tokenizer, arch, max_length, **options)
+        o = self.options
+        labels, class_weights, encoding = o.labels, o.class_weights, o.encoding
+        text_column, text_pair_column, label_column = o.text_column, o.text_pair_column, o.label_column
         if class_weights not in (None, "balanced"):
             raise ConfigError(f"class_weights must be 'balanced' or unset, got {class_weights!r}")
         self.labels = list(labels) if labels else None
@@ -95,7 +109,7 @@ class SequenceClassification(TaskObjective):
         batch = self.base_batch(features)
         if features[0]["label"] is not None:
             batch["labels"] = torch.tensor([f["label"] for f in features],
-                                           dtype=torch.float32 if self.name == "regression" else torch.long)
+                                           dtype=self.label_dtype)
         return batch
 
     # ---- training -----------------------------------------------------------------------
@@ -146,6 +160,7 @@ class Regression(SequenceClassification):
     name = "regression"
     head = "regression"
     default_metric = "val_pearson"
+    label_dtype = torch.float32
 
     def fit_labels(self, rows: list[Row]) -> None:
         self.labels = []

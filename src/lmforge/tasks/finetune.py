@@ -26,9 +26,9 @@ from ..models.config import preset
 from ..models.io import build_model
 from ..models.lora import apply_lora, merge_lora, trainable_parameters
 from ..models.task_head import TaskModel, TaskSpec
-from ..objectives.base import check_options
+from ..config import with_defaults
 from ..training.config import TrainConfig
-from ..training.engine import Trainer, set_dropout
+from ..training.engine import Components, Trainer, load_run_config, set_dropout
 from .base import TaskObjective, get_task
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,38 @@ def _help(text: str, default: Any = None) -> Any:
     return field(default=default, metadata={"help": text})
 
 
+# TrainConfig with fine-tuning defaults (BERT's recipe, scaled for small models).
+FinetuneTraining = with_defaults(
+    TrainConfig, "FinetuneTraining", "TrainConfig's fields with fine-tuning defaults.",
+    data=("", "training file: .tsv/.csv/.jsonl (GLUE folders recognised), CoNLL, SQuAD JSON, or "
+              "NAME=FILE,NAME=FILE (one example per line per class)"),
+    out_dir=("runs/finetune", "run folder"),
+    model=("", "pretrained model (lmforge or Hugging Face folder, run folder, .gguf) or a preset "
+               "name with --tokenizer (random init)"),
+    epochs=(None, "passes over the training set (default 3, unless --max_steps is given)"),
+    batch_size=(32, "examples per micro-batch"),
+    lr=(1e-4, "peak learning rate of the body"),
+    min_lr=(0.0, "final learning rate"),
+    schedule=("linear", "cosine, linear, constant or wsd"),
+    warmup_steps=(0, "linear warmup steps (default: warmup_ratio of the run)"),
+    weight_decay=(0.01, "decoupled weight decay"),
+    beta2=0.999,
+    eval_interval=(0, "evaluate every N steps (0 = once per epoch)"),
+    eval_batches=(1, "(unused: fine-tuning evaluates the whole validation set)"),
+    best_metric=("auto", "metric for the best checkpoint and early stopping (default: the "
+                         "task's, e.g. val_accuracy)"),
+    export_best=(True, "export the best checkpoint's weights"),
+    keep_last=(1, "checkpoints kept besides the best"),
+    log_interval=(20, "log every N steps"),
+)
+
+
 @dataclass
-class FinetuneConfig(TrainConfig):
+class FinetuneConfig(FinetuneTraining):
     """A fine-tuning run: TrainConfig's fields (with fine-tuning defaults) plus the task's."""
 
-    data: str = _help("training file: .tsv/.csv/.jsonl (GLUE folders recognised), CoNLL, SQuAD "
-                      "JSON, or NAME=FILE,NAME=FILE (one example per line per class)", "")
-    out_dir: str = _help("run folder", "runs/finetune")
-    model: str = _help("pretrained model (lmforge or Hugging Face folder, run folder, .gguf) or a preset "
-                       "name with --tokenizer (random init)", "")
+    default_length = ("epochs", 3.0)
+
     task: str = _help("classification, regression, token-classification, qa, seq2seq or sft", "classification")
     val_data: str = _help("validation file (default: hold out val_fraction of the training data)", "")
     val_fraction: float = _help("share of training examples held out when there is no val_data", 0.1)
@@ -66,23 +89,7 @@ class FinetuneConfig(TrainConfig):
     lora_alpha: float = _help("LoRA scale numerator (update scaled by alpha / r)", 16.0)
     lora_dropout: float = _help("dropout on the LoRA input", 0.0)
     lora_targets: str = _help("comma-separated linear layer names or globs for LoRA", "attn.qkv,attn.proj")
-    # Fine-tuning defaults (BERT's recipe, scaled for small models).
-    epochs: float | None = _help("passes over the training set", 3.0)
-    batch_size: int = _help("examples per micro-batch", 32)
-    lr: float = _help("peak learning rate of the body", 1e-4)
-    min_lr: float | None = _help("final learning rate", 0.0)
-    schedule: str = _help("cosine, linear, constant or wsd", "linear")
-    warmup_steps: int = _help("linear warmup steps (default: warmup_ratio of the run)", 0)
     warmup_ratio: float = _help("share of the steps spent warming up, if warmup_steps is 0", 0.1)
-    weight_decay: float = _help("decoupled weight decay", 0.01)
-    beta2: float = _help("AdamW beta2", 0.999)
-    eval_interval: int = _help("evaluate every N steps (0 = once per epoch)", 0)
-    eval_batches: int = _help("(unused: fine-tuning evaluates the whole validation set)", 1)
-    best_metric: str = _help("metric for the best checkpoint and early stopping (default: the "
-                             "task's, e.g. val_accuracy)", "auto")
-    export_best: bool = _help("export the best checkpoint's weights", True)
-    keep_last: int = _help("checkpoints kept besides the best", 1)
-    log_interval: int = _help("log every N steps", 20)
 
     def validate(self) -> "FinetuneConfig":
         if not self.data:
@@ -129,10 +136,11 @@ class FinetuneTrainer(Trainer):
 
     command = "finetune"
 
-    def _setup(self) -> None:
+    def setup(self) -> Components:
+        """The components of a fine-tuning run: the task objective over the labeled files, the
+        backbone with the task's head (LoRA or frozen layers applied)."""
         cfg: FinetuneConfig = self.cfg
         backbone, tokenizer, tok_cfg = self._load_backbone()
-        self.tokenizer_config = tok_cfg
         max_length = cfg.block_size or min(512, backbone.config.context_length)
         task_cls = get_task(cfg.task)
         existing = getattr(backbone, "spec", None)
@@ -151,10 +159,7 @@ class FinetuneTrainer(Trainer):
             options["labels"] = existing.labels
         if task_cls.head is None:  # generative tasks: the chat template, special tokens
             options |= dict(tokenizer_config=tok_cfg, encoding=cfg.encoding)
-        arch = backbone.config.arch
-        check_options(task_cls, cfg.task_args or {}, f"task_args of {cfg.task}",
-                      skip=("tokenizer", "arch", "max_length"))
-        objective: TaskObjective = task_cls(tokenizer, arch, max_length, **options)
+        objective: TaskObjective = task_cls(tokenizer, backbone.kind, max_length, **options)
         train_rows = objective.read(cfg.data)
         if cfg.val_data:
             val_rows = objective.read(cfg.val_data)
@@ -174,13 +179,14 @@ class FinetuneTrainer(Trainer):
             spec["extra"] = {"max_length": max_length, **spec.get("extra", {})}
             model = backbone if existing is not None else TaskModel(
                 backbone, TaskSpec(task=task_cls.head, pooling=cfg.pooling, **spec))
-        self.train_data = objective.featurize(train_rows, training=True)
-        self.val_data = objective.featurize(val_rows, training=False)
-        if not self.train_data:
+        train_data = objective.featurize(train_rows, training=True)
+        val_data = objective.featurize(val_rows, training=False)
+        if not train_data:
             raise DataError(f"{cfg.data}: no usable training examples")
         self._restrict_training(model)
-        self.model, self.objective, self.export_tokenizer = model, objective, tokenizer
         self.val_rows = val_rows
+        return Components(model, objective, train_data, val_data, export_tokenizer=tokenizer,
+                          tokenizer_config=tok_cfg)
 
     def _load_backbone(self):
         cfg: FinetuneConfig = self.cfg
@@ -229,11 +235,11 @@ class FinetuneTrainer(Trainer):
         if trainable == 0:
             raise ConfigError("nothing to train: every parameter is frozen")
 
-    def _steps_from_epochs(self) -> None:
-        super()._steps_from_epochs()
+    def _finish_schedule(self, resume: bool) -> None:
         cfg: FinetuneConfig = self.cfg
-        if not cfg.warmup_steps and cfg.warmup_ratio:
+        if not resume and not cfg.warmup_steps and cfg.warmup_ratio:
             cfg.warmup_steps = int(cfg.warmup_ratio * cfg.max_steps)
+        super()._finish_schedule(resume)
 
     def export(self) -> Path:
         cfg: FinetuneConfig = self.cfg
@@ -292,12 +298,7 @@ def finetune(cfg: FinetuneConfig, seeds: list[int] | None = None, *, overwrite: 
 
 def resume_config(run_dir: str | Path, overrides: dict | None = None) -> FinetuneConfig:
     """The config a run in ``run_dir`` recorded, with ``overrides`` on top, to continue it."""
-    from ..config import from_dict, load_file
-    data = load_file(f"{run_dir}/config.yaml")
-    data.pop("resolved", None)
-    data.update(overrides or {})
-    data["out_dir"] = str(run_dir)
-    return from_dict(FinetuneConfig, data, where=f"{run_dir}/config.yaml")
+    return load_run_config(run_dir, overrides, FinetuneConfig)
 
 
 def format_summary(summary: dict) -> str:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from .base import EpochBatches, TaskObjective, cross_entropy, pad, register_task
+from .base import EpochBatches, TaskObjective, cross_entropy, option, pad, register_task
 from .chat import DEFAULT_CHAT_TEMPLATE, ChatTemplate, special_token_strings
 from .metrics import generation_metrics
 from .tabular import json_records
@@ -215,17 +215,30 @@ def _conversation(record: dict, where: str, line: int, labeled: bool) -> Convers
 # Shared: batches, the LM loss on labeled positions, evaluation and generation
 
 
+@dataclass
+class GenerativeOptions:
+    max_new_tokens: int = option(64, "longest generated answer (evaluation and predict)")
+    num_beams: int = option(1, "beam search width (1 = greedy)")
+    max_eval_examples: int | None = option(200, "validation examples generated at each evaluation "
+                                                "(0 = all; none = no generation)")
+    encoding: str = option("utf-8", "encoding of the data files")
+    tokenizer_config: dict | None = option(None, "the model's tokenizer_config (special tokens, chat template)")
+
+
 class GenerativeTask(TaskObjective):
     """Base of seq2seq and sft: features hold ``input_ids`` and ``labels`` (decoders: aligned
     with the ids, -100 where no loss; encoder-decoders: the target ids), ``prompt_ids`` (what
     generation starts from) and the ``reference`` text."""
 
     head = None
+    forward_only = False  # evaluation generates
+    Options = GenerativeOptions
 
-    def __init__(self, tokenizer, arch: str, max_length: int, max_new_tokens: int = 64,
-                 num_beams: int = 1, max_eval_examples: int = 200, encoding: str = "utf-8",
-                 tokenizer_config: dict | None = None, **options):
+    def __init__(self, tokenizer, arch: str, max_length: int, **options):
         super().__init__(tokenizer, arch, max_length, **options)
+        o = self.options
+        max_new_tokens, num_beams, max_eval_examples = o.max_new_tokens, o.num_beams, o.max_eval_examples
+        encoding, tokenizer_config = o.encoding, o.tokenizer_config
         for name, value, low in (("max_new_tokens", max_new_tokens, 1), ("num_beams", num_beams, 1),
                                  ("max_eval_examples", max_eval_examples, 0)):
             if name == "max_eval_examples" and value is None:
@@ -277,7 +290,7 @@ class GenerativeTask(TaskObjective):
 
     def check_model(self, model) -> None:
         cfg = model.config
-        if cfg.arch == "encoder-decoder" and cfg.decoder_start_token_id is None:
+        if model.is_seq2seq and cfg.decoder_start_token_id is None:
             # T5 starts the decoder with its pad token, BART with </s>; recorded in the config
             # so generation starts it the same way.
             cfg.decoder_start_token_id = self.pad_id if cfg.pos_embedding == "relative" else self.eos_id
@@ -382,6 +395,13 @@ class GenerativeTask(TaskObjective):
 # seq2seq
 
 
+@dataclass
+class Seq2SeqTaskOptions(GenerativeOptions):
+    source_column: str | None = option(None, "source text column/field")
+    target_column: str | None = option(None, "target text column/field")
+    prompt_template: str | None = option(None, "text around the source, with {source} once")
+
+
 @register_task
 class Seq2Seq(GenerativeTask):
     """Text to text on an encoder-decoder or a decoder (see the module docstring). Options:
@@ -392,10 +412,12 @@ class Seq2Seq(GenerativeTask):
     name = "seq2seq"
     default_metric = "val_bleu"
     archs = ("decoder", "encoder-decoder")
+    Options = Seq2SeqTaskOptions
 
-    def __init__(self, tokenizer, arch: str, max_length: int, source_column=None,
-                 target_column=None, prompt_template: str | None = None, **options):
+    def __init__(self, tokenizer, arch: str, max_length: int, **options):
         super().__init__(tokenizer, arch, max_length, **options)
+        o = self.options
+        source_column, target_column, prompt_template = o.source_column, o.target_column, o.prompt_template
         self.columns = dict(source_column=source_column, target_column=target_column)
         self.template = None
         if prompt_template is not None:
@@ -475,6 +497,16 @@ class Seq2Seq(GenerativeTask):
 # sft
 
 
+@dataclass
+class SFTOptions(GenerativeOptions):
+    chat_template: str | None = option(None, "a Jinja chat template or a path to one (default: the "
+                                             "model's, else ChatML)")
+    packing: bool = option(False, "pack several conversations into one training window")
+    max_new_tokens: int = option(256, "longest generated response (predict)")
+    max_eval_examples: int | None = option(None, "validation responses generated and scored at "
+                                                 "each evaluation (0 = all; default none)")
+
+
 @register_task
 class SFT(GenerativeTask):
     """Instruction tuning of a decoder on chat conversations (see the module docstring).
@@ -487,12 +519,11 @@ class SFT(GenerativeTask):
     name = "sft"
     default_metric = "val_loss"
     archs = ("decoder",)
+    Options = SFTOptions
 
-    def __init__(self, tokenizer, arch: str, max_length: int, chat_template: str | None = None,
-                 packing: bool = False, max_new_tokens: int = 256, max_eval_examples: int | None = None,
-                 **options):
-        super().__init__(tokenizer, arch, max_length, max_new_tokens=max_new_tokens,
-                         max_eval_examples=max_eval_examples, **options)
+    def __init__(self, tokenizer, arch: str, max_length: int, **options):
+        super().__init__(tokenizer, arch, max_length, **options)
+        chat_template, packing = self.options.chat_template, self.options.packing
         if not isinstance(packing, bool):
             raise ConfigError(f"task option packing must be true or false, got {packing!r}")
         self.packing = packing

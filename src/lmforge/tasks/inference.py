@@ -31,7 +31,7 @@ def objective_for(model, tokenizer, task: str | None = None, max_length: int | N
         options.setdefault("labels", spec.labels)
     for key, value in extra.items():
         options.setdefault(key, value)
-    return cls(tokenizer, model.config.arch, length, **options)
+    return cls(tokenizer, model.kind, length, **options)
 
 
 def headless_task_options(model_path: str | None, task: str | None, tokenizer_config: dict,

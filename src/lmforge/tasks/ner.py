@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from .base import TaskObjective, cross_entropy, register_task
+from .base import TaskObjective, cross_entropy, option, register_task
 from .tabular import json_records
 
 log = logging.getLogger(__name__)
@@ -219,6 +219,13 @@ def _jsonl(path: Path, lines: list[str], labeled: bool) -> list[Sentence]:
 
 
 # ---- the task -----------------------------------------------------------------------------
+@dataclass
+class TokenClassificationOptions:
+    labels: list[str] | None = option(None, "tags in id order (default: from the training data)")
+    label_scheme: str | None = option(None, "IOB1, IOB2 or BIOES (default: detected from the tags)")
+    encoding: str = option("utf-8", "encoding of the data files")
+
+
 @register_task
 class TokenClassification(TaskObjective):
     """Cross-entropy over each word's first sub-token; metrics seqeval entity precision /
@@ -229,10 +236,11 @@ class TokenClassification(TaskObjective):
     name = "token-classification"
     head = "token-classification"
     default_metric = "val_f1"
+    Options = TokenClassificationOptions
 
-    def __init__(self, tokenizer, arch: str, max_length: int, labels: list[str] | None = None,
-                 label_scheme: str | None = None, encoding: str = "utf-8"):
-        super().__init__(tokenizer, arch, max_length)
+    def __init__(self, tokenizer, arch: str, max_length: int, **options):
+        super().__init__(tokenizer, arch, max_length, **options)
+        labels, label_scheme, encoding = self.options.labels, self.options.label_scheme, self.options.encoding
         scheme = (label_scheme or "detect").upper().replace("IOBES", "BIOES")
         if scheme not in SCHEMES + ("DETECT",):
             raise ConfigError(f"label_scheme must be {', '.join(SCHEMES)} or detect, got {label_scheme!r}")

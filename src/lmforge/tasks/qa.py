@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from .base import TaskObjective, cross_entropy, register_task
+from .base import TaskObjective, cross_entropy, option, register_task
 from .metrics import normalize_answer
 from .tabular import json_records
 
@@ -223,6 +223,18 @@ def squad_scores(golds: list[list[str]], preds: list[str]) -> dict[str, float]:
 
 
 # ---- the task -------------------------------------------------------------------------------
+@dataclass
+class QAOptions:
+    doc_stride: int = option(128, "tokens between the starts of consecutive context windows")
+    max_query_length: int = option(64, "question tokens kept")
+    max_answer_length: int = option(30, "longest answer, in tokens")
+    n_best: int = option(20, "starts and ends searched per window")
+    null_threshold: float = option(0.0, "answer \"\" when the null score beats the best span by more")
+    version_2_with_negative: bool | None = option(None, "questions may be unanswerable (default: "
+                                                        "true when a training question is)")
+    articles: list[int] | None = option(None, "0-based articles of the training file to use")
+
+
 @register_task
 class QuestionAnswering(TaskObjective):
     """Start/end cross-entropy (their mean) over the tokens of each window; validation runs the
@@ -241,15 +253,17 @@ class QuestionAnswering(TaskObjective):
     head = "qa"
     default_metric = "val_f1"
     archs = ("encoder", "decoder")
+    Options = QAOptions
 
-    def __init__(self, tokenizer, arch: str, max_length: int, doc_stride: int = 128,
-                 max_query_length: int = 64, max_answer_length: int = 30, n_best: int = 20,
-                 null_threshold: float = 0.0, version_2_with_negative: bool | None = None,
-                 articles: list[int] | None = None, **unknown):
+    def __init__(self, tokenizer, arch: str, max_length: int, **options):
         if arch == "encoder-decoder":
             raise ConfigError("extractive QA needs an encoder or decoder model: an encoder-decoder "
                               "answers by generating (use --task seq2seq)")
-        super().__init__(tokenizer, arch, max_length, **unknown)
+        super().__init__(tokenizer, arch, max_length, **options)
+        o = self.options
+        doc_stride, max_query_length, max_answer_length = o.doc_stride, o.max_query_length, o.max_answer_length
+        n_best, null_threshold, version_2_with_negative = o.n_best, o.null_threshold, o.version_2_with_negative
+        articles = o.articles
         for key, value in (("doc_stride", doc_stride), ("max_query_length", max_query_length),
                            ("max_answer_length", max_answer_length), ("n_best", n_best)):
             if not isinstance(value, int) or value < 1:

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,91 @@ from safetensors.torch import save_file
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 DCP_DIR = "dcp"
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds besides the model and optimizer tensors, in one object:
+    the step (which fixes the learning-rate schedule's position), tokens seen, the best
+    validation value and its step, the RNG streams of every rank, the sampler's and the
+    objective's positions, the fp16 loss scaler, and the world and config that wrote it.
+
+    :meth:`files` splits it into ``state.json`` and the tensors of ``tensors.pt``;
+    :meth:`from_files` reads it back."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    best_val: float = math.inf
+    best_step: int | None = None
+    evals_since_best: int = 0
+    rng: dict = field(default_factory=dict)  # rank 0's python and numpy states
+    rng_tensors: dict = field(default_factory=dict)  # torch/CUDA states; other ranks' as "rankN.*"
+    rank_rng: list = field(default_factory=list)  # every rank's python and numpy states (torchrun)
+    data: dict = field(default_factory=dict)  # the sampler's state_dict (tensors included)
+    objective: dict = field(default_factory=dict)  # the objective's state_dict (tensors included)
+    scaler: dict | None = None  # fp16 GradScaler
+    model_config: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    layout: dict = field(default_factory=dict)  # world size, data parallel, global batch, ...
+    lmforge_version: str = ""
+
+    def files(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(``state.json`` mapping, ``tensors.pt`` mapping)."""
+        tensors = dict(self.rng_tensors)
+        data = dict(self.data)
+        if "generator" in data:
+            tensors["data.generator"] = data.pop("generator")
+        objective = {}
+        for key, value in self.objective.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"objective.{key}"] = value
+            else:
+                objective[key] = value
+        state = {"step": self.step, "tokens_seen": self.tokens_seen,
+                 "best_val": None if math.isinf(self.best_val) else self.best_val,
+                 "best_step": self.best_step, "evals_since_best": self.evals_since_best,
+                 "rng": self.rng, "data": data, "objective": objective,
+                 "model_config": self.model_config, "config": self.config,
+                 "lmforge_version": self.lmforge_version, **self.layout}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler
+        if self.rank_rng:
+            state["rank_rng"] = self.rank_rng
+        return state, tensors
+
+    @classmethod
+    def from_files(cls, state: dict, tensors: dict[str, torch.Tensor]) -> "TrainState":
+        data = dict(state["data"])
+        if data.get("kind") == "random":
+            data["generator"] = tensors["data.generator"]
+        objective = dict(state.get("objective", {}))
+        objective.update({k.removeprefix("objective."): v for k, v in tensors.items()
+                          if k.startswith("objective.")})
+        best = state.get("best_val")
+        layout = {k: state[k] for k in LAYOUT_KEYS if k in state}
+        return cls(step=state["step"], tokens_seen=state["tokens_seen"],
+                   best_val=math.inf if best is None else best, best_step=state.get("best_step"),
+                   evals_since_best=state.get("evals_since_best", 0), rng=state["rng"],
+                   rng_tensors={k: v for k, v in tensors.items()
+                                if not k.startswith(("objective.", "data."))},
+                   rank_rng=state.get("rank_rng", []), data=data, objective=objective,
+                   scaler=state.get("scaler"), model_config=state["model_config"],
+                   config=state.get("config", {}), layout=layout,
+                   lmforge_version=state.get("lmforge_version", ""))
+
+    def rank_rng_state(self, rank: int) -> tuple[dict, dict] | None:
+        """(JSON part, tensors) of ``rank``'s RNG streams, or None for a rank the saving run did
+        not have."""
+        if rank == 0:
+            return self.rng, self.rng_tensors
+        if rank >= len(self.rank_rng):
+            return None
+        prefix = f"rank{rank}."
+        return self.rank_rng[rank], {k.removeprefix(prefix): v for k, v in self.rng_tensors.items()
+                                     if k.startswith(prefix)}
+
+
+LAYOUT_KEYS = ("world_size", "data_parallel", "global_batch", "parallel", "tensor_parallel")
 
 
 def _sha256(path: Path) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 # Fields with a fixed set of values (the CLI lists them in --help and checks them).
@@ -31,7 +34,7 @@ class TrainConfig:
     block_size: int | None = _help("tokens per training sequence (default: min(512, model context))", None)
     batch_size: int = _help("sequences per micro-batch", 16)
     grad_accum: int = _help("micro-batches per optimizer step", 1)
-    max_steps: int = _help("optimizer steps to train for", 1000)
+    max_steps: int | None = _help("optimizer steps to train for (default 1000, unless --epochs is given)", None)
     epochs: float | None = _help("train for this many passes over the training set instead of "
                                  "max_steps (fine-tuning; evaluates each epoch unless eval_interval is set)", None)
     sampling: str = _help("random windows or sequential epochs", "random")
@@ -76,9 +79,25 @@ class TrainConfig:
     tensorboard: bool = _help("write TensorBoard event files", True)
     progress: bool = _help("progress bar on a terminal (in a log file or a pipe: step lines)", True)
 
+    # The run length when neither max_steps nor epochs is given (a subclass may default to epochs).
+    default_length = ("max_steps", 1000)
+
+    def resolve_length(self) -> None:
+        """Whichever of max_steps and epochs the user gave wins; both given: max_steps, with a
+        warning; neither: ``default_length``."""
+        if self.max_steps is not None and self.epochs is not None:
+            log.warning(f"warning: both max_steps ({self.max_steps}) and epochs ({self.epochs:g}) "
+                        "are given; max_steps wins")
+            self.epochs = None
+        if self.max_steps is None and self.epochs is None:
+            setattr(self, *self.default_length)
+
     def validate(self) -> "TrainConfig":
-        positive = ("batch_size", "grad_accum", "max_steps", "eval_batches",
+        self.resolve_length()
+        positive = ("batch_size", "grad_accum", "eval_batches",
                     "log_interval", "keep_last", "dist_timeout")
+        if self.max_steps is not None:
+            positive += ("max_steps",)
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config field '{name}' must be a positive integer, got {getattr(self, name)}")

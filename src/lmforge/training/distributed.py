@@ -29,10 +29,6 @@ import torch.nn as nn
 
 from ..errors import ConfigError, DistributedError, LMForgeError
 
-# Model methods that objectives call besides forward (MLM and sentence heads); FSDP2 must
-# unshard the root's parameters for them too.
-EXTRA_FORWARD_METHODS = ("mlm_logits", "sentence_logits")
-
 
 @dataclass(frozen=True)
 class Ranks:
@@ -204,29 +200,16 @@ def data_parallel(loss: ObjectiveLoss, ranks: Ranks, device: torch.device) -> nn
     # Gradients as views into DDP's communication buckets: no second copy of them. A decoder LM
     # uses every weight each step; other models may not (an MLM objective skips the NSP head, a
     # classifier the pretraining heads), which DDP must then look for after each forward.
-    model = loss.model
-    every_weight_used = getattr(model.config, "arch", "") == "decoder" and not hasattr(model, "backbone")
-    return nn.parallel.DistributedDataParallel(loss, device_ids=ids, gradient_as_bucket_view=True,
-                                               find_unused_parameters=not every_weight_used)
-
-
-def _block_lists(model: nn.Module) -> list[nn.ModuleList]:
-    """The block lists of any lmforge Transformer (``blocks``, ``enc_blocks``, ``dec_blocks``,
-    also inside a task model's backbone)."""
-    return [child for name, child in model.named_modules()
-            if isinstance(child, nn.ModuleList) and name.split(".")[-1].endswith("blocks")]
-
-
-def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """Every repeated block of the model, in order."""
-    return [block for blocks in _block_lists(model) for block in blocks]
+    return nn.parallel.DistributedDataParallel(
+        loss, device_ids=ids, gradient_as_bucket_view=True,
+        find_unused_parameters=not loss.model.uses_every_weight())
 
 
 def checkpoint_activations(model: nn.Module) -> None:
     """Recompute every block's activations in backward (PyTorch's checkpoint wrapper; state
     dict names are unchanged)."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-    for blocks in _block_lists(model):
+    for blocks in model.block_lists():
         for i, block in enumerate(blocks):
             blocks[i] = checkpoint_wrapper(block)
 
@@ -235,7 +218,7 @@ def compile_blocks(model: nn.Module) -> None:
     """``torch.compile`` each block in place (as torchtitan does before sharding): the gradients
     of a block are ready when its compiled backward ends, so DDP and FSDP communication overlaps
     with the rest of the backward."""
-    for block in transformer_blocks(model):
+    for block in model.repeated_blocks():
         block.compile()
 
 
@@ -243,23 +226,21 @@ def check_parallel(model: nn.Module, ranks: Ranks, precision: str, objective) ->
     """Refuse, with one line, what a parallel mode does not support."""
     if not ranks.distributed:
         return
-    arch = getattr(model.config, "arch", "decoder")
-    if getattr(objective, "name", "") == "bptt_lm":
-        raise ConfigError("objective 'bptt_lm' carries per-stream state between batches; run it "
-                          "in one process (not under torchrun)")
+    if objective.carries_state:
+        raise ConfigError(f"objective '{objective.name}' carries per-stream state between "
+                          "batches; run it in one process (not under torchrun)")
     if ranks.parallel == "ddp":
         return
     if precision == "fp16":
         raise ConfigError(f"--parallel {ranks.parallel} trains in bf16 or fp32 (fp16 loss scaling "
                           "is for ddp); pass --precision bf16")
-    allowed = ("decoder",) if ranks.parallel == "tp" else ("decoder", "encoder")
-    if arch not in allowed:
-        raise ConfigError(f"--parallel {ranks.parallel} supports {' and '.join(allowed)} models, "
-                          f"not {arch}; use --parallel ddp")
-    if getattr(objective, "head", "") is None:  # generative fine-tuning calls more than forward
-        raise ConfigError(f"--parallel {ranks.parallel} does not run generative fine-tuning tasks; "
-                          "use --parallel ddp")
-    if any(type(m).__name__ == "LoRALinear" for m in model.modules()):
+    if ranks.parallel not in model.supported_parallel_modes:
+        raise ConfigError(f"--parallel {ranks.parallel} does not run {model.kind} models (they run "
+                          f"under {', '.join(model.supported_parallel_modes)}); use --parallel ddp")
+    if not objective.forward_only:  # e.g. generative fine-tuning calls more than forward
+        raise ConfigError(f"--parallel {ranks.parallel} does not run {objective.noun} "
+                          f"'{objective.name}' (it calls the model beyond forward); use --parallel ddp")
+    if ranks.parallel not in model.parallel_modes():
         raise ConfigError(f"LoRA fine-tuning runs with --parallel ddp, not {ranks.parallel}")
 
 
@@ -279,12 +260,11 @@ def shard_fsdp(model: nn.Module, precision: str) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
               if precision == "bf16" else MixedPrecisionPolicy())
-    for block in transformer_blocks(model):
+    for block in model.repeated_blocks():
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
-    for method in EXTRA_FORWARD_METHODS:
-        if hasattr(model, method):
-            register_fsdp_forward_method(model, method)
+    for method in model.extra_forward_methods:  # FSDP2 unshards the root's weights for them too
+        register_fsdp_forward_method(model, method)
 
 
 @contextlib.contextmanager
@@ -356,7 +336,7 @@ def tensor_parallel(model: nn.Module, tp: int, device: torch.device) -> None:
     orders = tp_row_orders(cfg, tp)
     plan = {"attn.qkv": ColwiseParallel(), "attn.proj": RowwiseParallel(),
             "mlp.fc": ColwiseParallel(), "mlp.proj": RowwiseParallel()}
-    for block in transformer_blocks(model):
+    for block in model.repeated_blocks():
         inner = getattr(block, "_checkpoint_wrapped_module", block)
         with torch.no_grad():
             for name, order in orders.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import random
 import re
@@ -17,19 +18,20 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .. import __version__
 from ..config import from_dict, load_file, save_yaml
-from ..data.dataset import TokenShards
+from ..data.dataset import MissingSplitError, TokenShards
 from ..errors import CheckpointError, ConfigError, DataError, DistributedError
 from ..hub import from_pretrained
 from ..models.config import ModelConfig, preset
 from ..interop.model_folder import save_pretrained as save_model_folder
 from ..models.io import build_model, tokenizer_path
-from ..objectives import get_objective
+from ..objectives import Objective, get_objective
 from . import checkpoint as ckpt
 from . import distributed
 from .config import TrainConfig
@@ -40,6 +42,22 @@ from ..runtime import (autocast, batch_flops, flops_per_token, peak_tflops, reso
                       resolve_precision)
 
 CONFIG_FILE = "config.yaml"
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Components:
+    """What a run's setup builds for the Trainer's loop: the model to train, the objective
+    (which may own frozen models used in the loss, see ``Objective.frozen_modules``), the
+    training and validation data the objective reads, and what is exported with the model."""
+
+    model: torch.nn.Module
+    objective: Objective
+    train_data: Any
+    val_data: Any = None
+    export_tokenizer: Any = None  # a tokenizer file or object saved with the model
+    tokenizer_config: dict = dataclasses.field(default_factory=dict)
 
 
 def batch_tokens(batch: dict, default: int) -> int:
@@ -82,6 +100,41 @@ def build_model_for(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
     return build_model(preset(cfg.model, **args))
 
 
+def pretraining_components(cfg: TrainConfig) -> Components:
+    """Pretraining: shards from ``cfg.data``, a preset or pretrained model, the objective."""
+    train_data = TokenShards(cfg.data, "train")
+    try:
+        val_data = TokenShards(cfg.data, "val")
+    except MissingSplitError:
+        val_data = None
+    tokenizer_file = Path(cfg.data) / "tokenizer.json"
+    model = build_model_for(cfg, train_data.vocab_size)
+    _check_compatible(cfg, train_data, model, tokenizer_file)
+    tokenizer = None
+    if tokenizer_file.is_file():
+        from ..tokenization import load_tokenizer
+        tokenizer = load_tokenizer(tokenizer_file)
+    objective = get_objective(cfg.objective, tokenizer=tokenizer, meta=train_data.meta,
+                              **(cfg.objective_args or {}))
+    return Components(model, objective, train_data, val_data,
+                      export_tokenizer=tokenizer_file if tokenizer_file.is_file() else None)
+
+
+def _check_compatible(cfg: TrainConfig, train_data: TokenShards, model: torch.nn.Module,
+                      tokenizer_file: Path) -> None:
+    vocab, model_vocab = train_data.vocab_size, model.config.vocab_size
+    if vocab > model_vocab:
+        raise DataError(f"tokenizer/shard vocab mismatch: dataset {cfg.data} uses a "
+                        f"vocab of {vocab} but the model has {model_vocab} embeddings")
+    if Path(cfg.model).is_dir():
+        model_tok = tokenizer_path(cfg.model)
+        if model_tok is not None and tokenizer_file.is_file():
+            from ..tokenization import load_tokenizer, tokenizer_sha256
+            if tokenizer_sha256(load_tokenizer(model_tok)) != train_data.meta.get("tokenizer_sha256"):
+                raise DataError(f"tokenizer/shard mismatch: dataset {cfg.data} was tokenized "
+                                f"with a different tokenizer than model {cfg.model}")
+
+
 class Trainer:
     """Builds model, objective, data, optimizer, logger and checkpointer; ``fit()`` trains."""
 
@@ -96,13 +149,13 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.device = distributed.rank_device(resolve_device(cfg.device), self.ranks)
         distributed.init_process_group(self.ranks, self.device, cfg.dist_timeout)
-        distributed.main_decides(lambda: self._prepare_run_dir(resume, overwrite))
+        distributed.main_decides(lambda: self._check_run_dir(resume, overwrite))
         self.precision = resolve_precision(cfg.precision, self.device)
         seed_everything(cfg.seed)
-        # Data, model and objective; the tokenizer (file or object) and its config go with
-        # the exported model.
-        self.tokenizer_config: dict = {}
-        self._setup()
+        parts = self.setup()
+        self.model, self.objective = parts.model, parts.objective
+        self.train_data, self.val_data = parts.train_data, parts.val_data
+        self.export_tokenizer, self.tokenizer_config = parts.export_tokenizer, parts.tokenizer_config
         mcfg: ModelConfig = self.model.config
         self.block_size = cfg.block_size or min(512, mcfg.context_length)
         if self.block_size > mcfg.context_length:
@@ -112,6 +165,8 @@ class Trainer:
         self.objective.check_model(self.model)
         distributed.check_parallel(self.model, self.ranks, self.precision, self.objective)
         self.model.to(self.device)
+        for frozen in self.objective.frozen_modules().values():  # e.g. a distillation teacher
+            frozen.to(self.device).eval().requires_grad_(False)
         # FSDP and TP shard the model in place; rank 0 keeps an empty copy to export into.
         sharded = self.ranks.distributed and self.ranks.parallel != "ddp"
         self.skeleton = distributed.meta_copy(self.model) if sharded and self.ranks.is_main else None
@@ -140,6 +195,7 @@ class Trainer:
                                                     cfg.seed, cfg.sampling, **rows)
         if cfg.epochs is not None:
             self._steps_from_epochs()
+        self._finish_schedule(resume)
         # The validation windows of the global batch (every rank evaluates all of them).
         self.val_batches = (self.objective.eval_batches(self.val_data, self.block_size,
                                                         cfg.batch_size,
@@ -157,58 +213,44 @@ class Trainer:
         self._stop_signal = None
         if resume:
             self._resume()
-        elif self.ranks.is_main:
-            save_yaml(self._resolved_config(), self.run_dir / CONFIG_FILE)
+        else:
+            # Only now, with everything built: a run that fails to start leaves no folder
+            # behind and (with --overwrite) the previous run untouched.
+            distributed.main_decides(lambda: self._make_run_dir(overwrite))
+            if self.ranks.is_main:
+                save_yaml(self._resolved_config(), self.run_dir / CONFIG_FILE)
 
     # ---- set-up -------------------------------------------------------------------------
-    def _setup(self) -> None:
-        """Pretraining: shards from ``cfg.data``, a preset or pretrained model, the objective."""
-        cfg = self.cfg
-        self.train_data = TokenShards(cfg.data, "train")
-        self.val_data = self._optional_split("val")
-        self.tokenizer_file = Path(cfg.data) / "tokenizer.json"
-        self.model = build_model_for(cfg, self.train_data.vocab_size)
-        self._check_compatible()
-        tokenizer = None
-        if self.tokenizer_file.is_file():
-            from ..tokenization import load_tokenizer
-            tokenizer = load_tokenizer(self.tokenizer_file)
-        self.export_tokenizer = self.tokenizer_file if self.tokenizer_file.is_file() else None
-        self.objective = get_objective(cfg.objective, tokenizer=tokenizer, meta=self.train_data.meta,
-                                       **(cfg.objective_args or {}))
+    def setup(self) -> Components:
+        """The components of a pretraining run: shards from ``cfg.data``, a preset or
+        pretrained model, the objective. Other kinds of run (fine-tuning) override this."""
+        return pretraining_components(self.cfg)
 
-    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
+    def _check_run_dir(self, resume: bool, overwrite: bool) -> None:
         if resume:
             if not (self.run_dir / CONFIG_FILE).is_file():
                 raise CheckpointError(f"cannot resume: {self.run_dir} is not a run folder (no {CONFIG_FILE})")
             return
-        if self.run_dir.exists() and any(self.run_dir.iterdir()):
-            if not overwrite:
-                raise ConfigError(f"output folder {self.run_dir} already exists; pass --overwrite "
-                                  "to replace it or --resume to continue it")
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"output folder {self.run_dir} is a file")
+        if self.run_dir.is_dir() and any(self.run_dir.iterdir()) and not overwrite:
+            raise ConfigError(f"output folder {self.run_dir} already exists; pass --overwrite "
+                              "to replace it or --resume to continue it")
+
+    def _make_run_dir(self, overwrite: bool) -> None:
+        self._check_run_dir(False, overwrite)  # nothing appeared there since the first check
+        if self.run_dir.is_dir() and any(self.run_dir.iterdir()):
             shutil.rmtree(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
-    def _optional_split(self, split: str) -> TokenShards | None:
-        try:
-            return TokenShards(self.cfg.data, split)
-        except DataError as exc:
-            if "has no" in str(exc):
-                return None
-            raise
-
-    def _check_compatible(self) -> None:
-        vocab, model_vocab = self.train_data.vocab_size, self.model.config.vocab_size
-        if vocab > model_vocab:
-            raise DataError(f"tokenizer/shard vocab mismatch: dataset {self.cfg.data} uses a "
-                            f"vocab of {vocab} but the model has {model_vocab} embeddings")
-        if Path(self.cfg.model).is_dir():
-            model_tok = tokenizer_path(self.cfg.model)
-            if model_tok is not None and self.tokenizer_file.is_file():
-                from ..tokenization import load_tokenizer, tokenizer_sha256
-                if tokenizer_sha256(load_tokenizer(model_tok)) != self.train_data.meta.get("tokenizer_sha256"):
-                    raise DataError(f"tokenizer/shard mismatch: dataset {self.cfg.data} was tokenized "
-                                    f"with a different tokenizer than model {self.cfg.model}")
+    def _finish_schedule(self, resume: bool) -> None:
+        """Called once max_steps is known. Warns (on a new run) when warmup covers the whole
+        run: the learning rate then never reaches its peak nor decays."""
+        cfg = self.cfg
+        if not resume and self.ranks.is_main and cfg.warmup_steps >= cfg.max_steps:
+            log.warning(f"warning: warmup_steps ({cfg.warmup_steps}) covers the whole run of "
+                        f"{cfg.max_steps} steps, so the learning rate never reaches its peak; "
+                        "lower --warmup_steps")
 
     def _steps_from_epochs(self) -> None:
         """max_steps (and, unless set, eval_interval: once per epoch) from ``epochs``."""
@@ -224,11 +266,13 @@ class Trainer:
     def _resolved_config(self) -> dict:
         data = dataclasses.asdict(self.cfg)
         data["block_size"] = self.block_size
+        if self.cfg.epochs is not None:  # the user chose epochs: max_steps follows from them
+            data["max_steps"] = None
         data["resolved"] = {"model_config": self.model.config.to_dict(), "device": str(self.device),
                             "precision": self.precision, "lmforge_version": __version__,
                             "torch_version": str(torch.__version__),
                             "parameters": self.model.num_parameters(),
-                            "world_size": self.ranks.world_size}
+                            "world_size": self.ranks.world_size, "max_steps": self.cfg.max_steps}
         return data
 
     def _keep_global_batch(self) -> None:
@@ -257,25 +301,10 @@ class Trainer:
             distributed.main_decides(lambda: ckpt.verify(latest))
             self._check_layout(latest)
             state, tensors = ckpt.load_checkpoint(latest, self.model, self.optimizer, verified=True)
-        saved_model = ModelConfig.from_dict(state["model_config"])
-        if saved_model != self.model.config:
+        saved = ckpt.TrainState.from_files(state, tensors)
+        if ModelConfig.from_dict(saved.model_config) != self.model.config:
             raise CheckpointError(f"checkpoint {latest} is of another architecture than this run's config")
-        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-        best = state.get("best_val")
-        self.best_val = math.inf if best is None else best
-        self.best_step = state.get("best_step")
-        self.evals_since_best = state.get("evals_since_best", 0)
-        self._set_rank_rng(state, tensors)
-        data_state = dict(state["data"])
-        if data_state["kind"] == "random":
-            data_state["generator"] = tensors["data.generator"]
-        self.sampler.load_state_dict(data_state)
-        objective_state = dict(state.get("objective", {}))
-        objective_state.update({k.removeprefix("objective."): v for k, v in tensors.items()
-                                if k.startswith("objective.")})
-        self.objective.load_state_dict(objective_state)
-        if self.scaler is not None and "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
+        self.load_train_state(saved)
 
     def _load_before_sharding(self) -> tuple[tuple[dict, dict] | None, dict | None]:
         """A one-process (unsharded) checkpoint resumed under FSDP loads into the plain model
@@ -303,19 +332,6 @@ class Trainer:
                                   f"parallelism and this run uses {now}; resume it with "
                                   f"--parallel {'tp' if before > 1 else 'ddp or fsdp'} on "
                                   f"{before if before > 1 else 'any number of'} rank(s)")
-
-    def _set_rank_rng(self, state: dict, tensors: dict) -> None:
-        """Restore this rank's RNG streams (a rank the saving run did not have keeps the fresh
-        stream it was seeded with: only dropout draws from it)."""
-        rank = self.ranks.rank
-        if rank == 0:
-            ckpt.set_rng_state(state["rng"], tensors)
-            return
-        ranks = state.get("rank_rng", [])
-        if rank < len(ranks):
-            prefix = f"rank{rank}."
-            ckpt.set_rng_state(ranks[rank], {k.removeprefix(prefix): v for k, v in tensors.items()
-                                             if k.startswith(prefix)})
 
     # ---- the loop -----------------------------------------------------------------------
     @functools.cached_property
@@ -393,31 +409,8 @@ class Trainer:
 
     def save(self) -> Path:
         """Checkpoint the run (every rank calls this in a distributed run)."""
-        json_rng, tensors = ckpt.rng_state()
-        rank_rng = distributed.all_gather_object((json_rng, tensors)) if self.ranks.distributed else []
-        for rank, (_, rng_tensors) in enumerate(rank_rng[1:], start=1):
-            tensors.update({f"rank{rank}.{k}": v for k, v in rng_tensors.items()})
-        data_state = self.sampler.state_dict()
-        if "generator" in data_state:
-            tensors["data.generator"] = data_state.pop("generator")
-        objective_state = {}
-        for key, value in self.objective.state_dict().items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"objective.{key}"] = value
-            else:
-                objective_state[key] = value
-        state = {"step": self.step, "tokens_seen": self.tokens_seen,
-                 "best_val": None if math.isinf(self.best_val) else self.best_val,
-                 "best_step": self.best_step, "evals_since_best": self.evals_since_best,
-                 "rng": json_rng, "data": data_state,
-                 "objective": objective_state,
-                 "model_config": self.model.config.to_dict(),
-                 "config": dataclasses.asdict(self.cfg), "lmforge_version": __version__,
-                 **self._layout()}
-        if self.scaler is not None:
-            state["scaler"] = self.scaler.state_dict()
+        state, tensors = self.train_state().files()
         if self.ranks.distributed:
-            state["rank_rng"] = [json_part for json_part, _ in rank_rng]
             path = ckpt.save_sharded(self.ckpt_dir, self.step, self.model, self.optimizer, state,
                                      tensors, self.ranks.rank)
         else:
@@ -427,6 +420,36 @@ class Trainer:
             keep = {f"step-{self.best_step:08d}"} if self.best_step is not None else set()
             ckpt.prune(self.ckpt_dir, self.cfg.keep_last, keep)
         return path
+
+    def train_state(self) -> ckpt.TrainState:
+        """The run's position as one checkpointable object (every rank calls this in a
+        distributed run: it gathers their RNG streams)."""
+        json_rng, tensors = ckpt.rng_state()
+        rank_rng = distributed.all_gather_object((json_rng, tensors)) if self.ranks.distributed else []
+        for rank, (_, rng_tensors) in enumerate(rank_rng[1:], start=1):
+            tensors.update({f"rank{rank}.{k}": v for k, v in rng_tensors.items()})
+        return ckpt.TrainState(
+            step=self.step, tokens_seen=self.tokens_seen, best_val=self.best_val,
+            best_step=self.best_step, evals_since_best=self.evals_since_best, rng=json_rng,
+            rng_tensors=tensors, rank_rng=[json_part for json_part, _ in rank_rng],
+            data=self.sampler.state_dict(), objective=self.objective.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            model_config=self.model.config.to_dict(), config=dataclasses.asdict(self.cfg),
+            layout=self._layout(), lmforge_version=__version__)
+
+    def load_train_state(self, state: ckpt.TrainState) -> None:
+        """Continue from ``state``: counters, best validation, this rank's RNG streams, the
+        sampler's and the objective's positions, the loss scaler."""
+        self.step, self.tokens_seen = state.step, state.tokens_seen
+        self.best_val, self.best_step = state.best_val, state.best_step
+        self.evals_since_best = state.evals_since_best
+        rng = state.rank_rng_state(self.ranks.rank)
+        if rng is not None:  # a rank the saving run did not have keeps its fresh dropout stream
+            ckpt.set_rng_state(*rng)
+        self.sampler.load_state_dict(state.data)
+        self.objective.load_state_dict(state.objective)
+        if self.scaler is not None and state.scaler is not None:
+            self.scaler.load_state_dict(state.scaler)
 
     def _layout(self) -> dict:
         """The world a checkpoint was written by: what resuming needs to keep the global batch
@@ -565,13 +588,19 @@ class Trainer:
         return out
 
 
-def load_run_config(run_dir: str | Path, overrides: dict | None = None) -> TrainConfig:
-    """The saved config of a run, with ``overrides`` (e.g. a larger max_steps) applied."""
+def load_run_config(run_dir: str | Path, overrides: dict | None = None,
+                    cls: type[TrainConfig] = TrainConfig) -> TrainConfig:
+    """The saved config (a ``cls``) of a run, with ``overrides`` (e.g. a larger max_steps)
+    applied; a new max_steps replaces the saved epochs and the other way round."""
     data = load_file(Path(run_dir) / CONFIG_FILE)
     data.pop("resolved", None)
-    data.update(overrides or {})
+    overrides = dict(overrides or {})
+    for given, other in (("max_steps", "epochs"), ("epochs", "max_steps")):
+        if given in overrides and other not in overrides:
+            data.pop(other, None)
+    data.update(overrides)
     data["out_dir"] = str(run_dir)
-    return from_dict(TrainConfig, data, where=str(Path(run_dir) / CONFIG_FILE))
+    return from_dict(cls, data, where=str(Path(run_dir) / CONFIG_FILE))
 
 
 def pretrain(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict:

@@ -12,12 +12,11 @@ from .config import TrainConfig
 def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     """Decay matrices of Linear layers only; norms, biases and embeddings are not decayed
     (decaying them shrinks scales and token vectors toward zero for no regularization gain).
-    A model with ``lr_scale(name, cfg)`` (task models: head learning rate, layer-wise decay)
-    gets one group per scale; ``lr_scale`` rides along in the group. Sharded (tensor-parallel)
+    The model's ``lr_scale(name, cfg)`` (task models: head learning rate, layer-wise decay)
+    makes one group per scale; ``lr_scale`` rides along in the group. Sharded (tensor-parallel)
     and plain weights go to separate groups."""
     from torch.distributed.tensor import DTensor
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    scale_of = getattr(model, "lr_scale", None)
     groups: dict[tuple[bool, float, bool], list] = {}
     seen: set[int] = set()
     for name, p in model.named_parameters():
@@ -25,7 +24,7 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
             continue
         seen.add(id(p))
         decay = p.dim() >= 2 and id(p) not in embeddings
-        scale = float(scale_of(name, cfg)) if scale_of is not None else 1.0
+        scale = float(model.lr_scale(name, cfg))
         # Tensor parallelism shards some weights (DTensor) and not others; fused kernels take
         # one kind per group.
         groups.setdefault((decay, scale, isinstance(p, DTensor)), []).append(p)

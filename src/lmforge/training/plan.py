@@ -185,12 +185,12 @@ def make_plan(plan: PlanConfig) -> dict:
     """The figures `lmforge plan` prints (and writes with --json)."""
     plan.validate()
     cfg = plan_model_config(plan.model, plan.model_args)
-    if cfg.arch == "lstm":
+    model = _meta_model(cfg)
+    if model.recurrent:
         raise ConfigError("lmforge plan covers Transformer models, not LSTMs")
     seq_len = plan.seq_len or cfg.context_length
     if seq_len > cfg.context_length:
         raise ConfigError(f"seq_len ({seq_len}) is longer than the model context ({cfg.context_length})")
-    model = _meta_model(cfg)
     per_gpu = plan.global_batch // plan.gpus
     candidates = [m for m in range(per_gpu, 0, -1) if per_gpu % m == 0]
     usable = USABLE * plan.gpu_memory * GIB
