@@ -23,7 +23,7 @@ from lmforge.models.lora import apply_lora
 from lmforge.objectives import OBJECTIVES, Objective, get_objective
 from lmforge.tasks.base import all_tasks
 from lmforge.tasks.finetune import FinetuneConfig
-from lmforge.tasks.model import TaskModel, TaskSpec
+from lmforge.models.task_head import TaskModel, TaskSpec
 from lmforge.tokenization import train_tokenizer
 from lmforge.training import TrainConfig, Trainer
 from lmforge.training import checkpoint as ckpt

@@ -52,11 +52,11 @@ GENERATE_DEFAULTS = dict(max_new_tokens=200, temperature=0.8, top_k=200)
 
 def describe(model: torch.nn.Module) -> str:
     """What a model is, for error messages: "a classification model (fine-tuned encoder)"."""
-    arch = model.config.arch
+    arch = model.kind
     spec = getattr(model, "spec", None)
     if spec is not None:
         return f"a {spec.task} model (fine-tuned {arch})"
-    if arch == "encoder" and getattr(model, "mlm_head", None) is None:
+    if model.is_encoder and not model.has_mlm_head():
         return "an encoder without a masked-LM head"
     return {"decoder": "a decoder language model", "lstm": "an LSTM language model",
             "encoder": "an encoder with a masked-LM head",
@@ -177,7 +177,7 @@ class TextGeneration(Pipeline):
 
     @classmethod
     def supports(cls, model) -> bool:
-        return getattr(model, "spec", None) is None and model.config.arch in ("decoder", "lstm")
+        return getattr(model, "spec", None) is None and model.is_decoder
 
     def run(self, items, max_new_tokens: int = GENERATE_DEFAULTS["max_new_tokens"],
             temperature: float = GENERATE_DEFAULTS["temperature"],
@@ -204,7 +204,7 @@ class Text2TextGeneration(Pipeline):
 
     @classmethod
     def supports(cls, model) -> bool:
-        return getattr(model, "spec", None) is None and model.config.arch == "encoder-decoder"
+        return getattr(model, "spec", None) is None and model.is_seq2seq
 
     def run(self, items, max_new_tokens: int | None = None, num_beams: int | None = None,
             batch_size: int = 32, **_):
@@ -244,8 +244,8 @@ class FillMask(Pipeline):
 
     @classmethod
     def supports(cls, model) -> bool:
-        return (getattr(model, "spec", None) is None and model.config.arch == "encoder"
-                and getattr(model, "mlm_head", None) is not None)
+        return (getattr(model, "spec", None) is None and model.is_encoder
+                and model.has_mlm_head())
 
     def run(self, items, top_k: int = 5, **_):
         from .evaluation.fill_mask import fill_in, fill_mask
@@ -277,12 +277,12 @@ class FeatureExtraction(Pipeline):
     @torch.inference_mode()
     def run(self, items, return_tensors: bool = False, **_):
         from .evaluation.embeddings import hidden_states, text_ids
-        from .evaluation.masked_inputs import is_encoder, model_autocast
+        from .evaluation.masked_inputs import model_autocast
         model = getattr(self.model, "backbone", self.model)  # a task model: its backbone's states
-        limit = None if getattr(model, "recurrent", False) else model.config.context_length
+        limit = None if model.recurrent else model.config.context_length
         device = next(model.parameters()).device
         out = []
-        for ids in text_ids(self.tokenizer, items, is_encoder(model), limit or 1 << 30):
+        for ids in text_ids(self.tokenizer, items, model.is_encoder, limit or 1 << 30):
             x = torch.tensor([ids], device=device)
             with model_autocast(model, self.precision):
                 states = hidden_states(model, x, torch.ones_like(x)).float().cpu()

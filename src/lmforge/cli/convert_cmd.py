@@ -43,5 +43,5 @@ def run(args) -> int:
                                    dtype=args.dtype, architecture=args.architecture,
                                    overwrite=args.overwrite)
     n = sum(p.numel() for p in model.parameters())
-    print(f"wrote {out} ({to}, {model.config.arch}, {n / 1e6:.2f}M parameters)")
+    print(f"wrote {out} ({to}, {model.kind}, {n / 1e6:.2f}M parameters)")
     return 0

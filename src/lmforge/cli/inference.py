@@ -57,9 +57,7 @@ def fine_tuned_task(model: torch.nn.Module) -> str | None:
 def has_lm_head(model: torch.nn.Module) -> bool:
     """Whether a plain model predicts tokens: a decoder's, LSTM's or encoder-decoder's LM head,
     an encoder's masked-LM head (a task model's backbone keeps the one it was pretrained with)."""
-    if model.config.arch == "encoder":
-        return getattr(model, "mlm_head", None) is not None
-    return getattr(model, "lm_head", None) is not None
+    return model.has_mlm_head() if model.is_encoder else getattr(model, "lm_head", None) is not None
 
 
 def language_model(model: torch.nn.Module, args: argparse.Namespace, command: str,
@@ -70,7 +68,7 @@ def language_model(model: torch.nn.Module, args: argparse.Namespace, command: st
     task = fine_tuned_task(model)
     if task is None:
         return model
-    backbone, arch = model.backbone, model.backbone.config.arch
+    backbone, arch = model.backbone, model.backbone.kind
     article = "an" if arch[0] in "aeiou" else "a"
     what = f"{args.model} is a fine-tuned {task} model (a task head on {article} {arch})"
     if backbone_ok:
