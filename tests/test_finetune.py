@@ -226,7 +226,7 @@ def test_bad_inputs_are_one_line_errors(shared_data, tmp_path):
     assert_one_line_error(run_cli("predict", "--model", str(tmp_path / "body"), "--data", str(tmp_path / "nolabel.tsv")),
                           "no task head")
     assert_one_line_error(run_cli("finetune", *common, "--data", str(tmp_path / "nolabel.tsv"),
-                                  "--label_column", "other", "--task", "nosuchtask"), "unknown task")
+                                  "--label_column", "other", "--task", "nosuchtask"), "invalid choice: 'nosuchtask'")
 
 
 def test_unseen_dev_labels_are_reported_not_fatal(tmp_path, caplog):

@@ -214,7 +214,7 @@ def test_task_option_flags_reach_the_task(tmp_path):
     assert (task.doc_stride, task.n_best, task.articles) == (64, 5, [0, 2])
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     help_text = commands.choices["finetune"].format_help()
-    assert "--qa.doc_stride" in help_text and "--sft.packing" in help_text
+    assert "--qa.doc-stride" in help_text and "--sft.packing" in help_text
     assert "--classification.text_column" not in help_text  # fine-tuning's own --text_column
 
 

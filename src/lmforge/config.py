@@ -250,7 +250,7 @@ def add_option_flags(parser: argparse.ArgumentParser, owners: dict[str, type], n
         fields = [f.name for f in dataclasses.fields(options) if f.name not in skip]
         if fields:
             add_dataclass_flags(parser, options, group=f"{noun} '{name}' options (or as JSON: "
-                                f"--{json_flag} '{{\"{fields[0]}\": ...}}')",
+                                f"--{json_flag.replace('_', '-')} '{{\"{fields[0]}\": ...}}')",
                                 skip=skip, prefix=f"{name}.")
 
 

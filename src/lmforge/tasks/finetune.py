@@ -46,7 +46,7 @@ FinetuneTraining = with_defaults(
     out_dir=("runs/finetune", "run folder"),
     model=("", "pretrained model (lmforge or Hugging Face folder, run folder, .gguf) or a preset "
                "name with --tokenizer (random init)"),
-    epochs=(None, "passes over the training set (default 3, unless --max_steps is given)"),
+    epochs=(None, "passes over the training set (default 3, unless --max-steps is given)"),
     batch_size=(32, "examples per micro-batch"),
     lr=(1e-4, "peak learning rate of the body"),
     min_lr=(0.0, "final learning rate"),

@@ -161,7 +161,7 @@ class Trainer:
         if self.block_size > mcfg.context_length:
             raise ConfigError(f"config field 'block_size' ({self.block_size}) is larger than the "
                               f"model context ({mcfg.context_length}); lower it or raise "
-                              "--context_length for a new model")
+                              "--context-length for a new model")
         self.objective.check_model(self.model)
         distributed.check_parallel(self.model, self.ranks, self.precision, self.objective)
         self.model.to(self.device)
@@ -250,7 +250,7 @@ class Trainer:
         if not resume and self.ranks.is_main and cfg.warmup_steps >= cfg.max_steps:
             log.warning(f"warning: warmup_steps ({cfg.warmup_steps}) covers the whole run of "
                         f"{cfg.max_steps} steps, so the learning rate never reaches its peak; "
-                        "lower --warmup_steps")
+                        "lower --warmup-steps")
 
     def _steps_from_epochs(self) -> None:
         """max_steps (and, unless set, eval_interval: once per epoch) from ``epochs``."""

@@ -93,7 +93,7 @@ class PlanConfig:
         for key, value in KNOWN_PEAK_TFLOPS.items():
             if key.lower() == self.gpu.lower():
                 return value if self.precision == "bf16" else value / 2
-        raise ConfigError(f"unknown GPU {self.gpu!r}; pass --peak_tflops or one of "
+        raise ConfigError(f"unknown GPU {self.gpu!r}; pass --peak-tflops or one of "
                           f"{', '.join(KNOWN_PEAK_TFLOPS)}")
 
 
