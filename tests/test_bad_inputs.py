@@ -52,6 +52,7 @@ CASES = [
     ("merge-missing-part", "prepare-merge {data} {root}/nope --out {new}", "nope"),
     ("merge-run-folder-as-part", "prepare-merge {data} {run} --out {new}", "meta.json"),
     ("merge-existing-out", "prepare-merge {data} --out {run}", "--overwrite"),
+    ("merge-same-part-twice", "prepare-merge {data} {data} --out {new}", "more than once"),
     # models / plan
     ("models-unknown-flag", "models --family gpt", "unrecognized"),
     ("plan-unknown-model", "plan --model nosuchpreset", "nosuchpreset"),
@@ -109,6 +110,8 @@ CASES = [
     ("finetune-zero-batch", "finetune --model {body} --data {train} --out_dir {new} --batch_size 0", "batch_size"),
     ("predict-model-without-head", "predict --model {body} --data {train}", "no task head"),
     ("predict-missing-data", "predict --model {ft_enc} --data {root}/nope.tsv", "not found"),
+    ("predict-beams-on-a-classifier", "predict --model {ft_enc} --data {train} --num-beams 4",
+     "apply to seq2seq and sft"),
     ("predict-zero-batch", "predict --model {ft_enc} --data {train} --batch-size 0", "batch-size"),
     ("predict-output-under-a-file", "predict --model {ft_enc} --data {train} --output {binary}/p.jsonl", "cannot write"),
     ("evaluate-output-under-a-file", "evaluate --model {ft_enc} --data {train} --output {binary}/m.json",

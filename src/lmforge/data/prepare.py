@@ -643,6 +643,10 @@ def merge_prepared(parts: Sequence[str | Path], out_dir: str | Path, overwrite: 
     filesystem allows, else copies), one meta.json with the summed counts. Parts written by
     ``num_parts`` must all be there, each once."""
     roots = [Path(p) for p in parts]
+    seen = [r.resolve() for r in roots]
+    repeated = next((r for i, r in enumerate(roots) if seen[i] in seen[:i]), None)
+    if repeated is not None:  # its documents would be counted twice
+        raise DataError(f"{repeated} is given more than once; merge each part once")
     metas = [read_meta(root) for root in roots]
     for root, meta in zip(roots[1:], metas[1:]):
         for key in _SHARED_META:

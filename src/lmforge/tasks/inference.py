@@ -82,6 +82,10 @@ def task_objective(model, tokenizer, tokenizer_config: dict | None = None, model
     if spec is not None and spec.task in ("classification", "regression"):
         options = dict(text_column=text_column, text_pair_column=text_pair_column,
                        label_column=label_column, encoding=encoding)
+    if spec is not None and (task_args or max_new_tokens is not None or num_beams is not None):
+        # Generation options of seq2seq/sft runs: a task head would ignore them silently.
+        raise ConfigError(f"task_args, max_new_tokens and num_beams apply to seq2seq and sft "
+                          f"models; this is a fine-tuned {spec.task} model")
     if spec is None:
         task, options = headless_task_options(str(model_path) if model_path else None, task, tokenizer_config or {},
                                               task_args, max_new_tokens=max_new_tokens,
