@@ -126,12 +126,14 @@ DISPATCH = re.compile(r"getattr\(\s*[\w.]*(cfg|config),\s*[\"']arch[\"']"  # get
 
 
 def test_no_string_dispatch_outside_models():
-    offenders = []
-    for folder in ("training", "objectives", "evaluation", "generation", "tasks"):
-        for path in sorted((SRC / folder).rglob("*.py")):
-            for number, line in enumerate(path.read_text().splitlines(), 1):
-                if DISPATCH.search(line):
-                    offenders.append(f"{path.relative_to(SRC)}:{number}: {line.strip()}")
+    # cli/models_cmd.py tabulates preset *configs* (no model is built), so it reads cfg.arch.
+    paths = [p for folder in ("training", "objectives", "evaluation", "generation", "tasks", "cli")
+             for p in sorted((SRC / folder).rglob("*.py")) if p.name != "models_cmd.py"]
+    paths += [SRC / "api.py", SRC / "pipelines.py", SRC / "hub.py"]
+    offenders = [f"{path.relative_to(SRC)}:{number}: {line.strip()}"
+                 for path in paths
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if DISPATCH.search(line)]
     assert not offenders, "\n".join(offenders)
 
 
