@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import lmforge
-from lmforge.errors import ConfigError, DataError
+from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.generation import TextCompletion, generate_text
 from lmforge.interop.model_folder import save_pretrained
 from lmforge.models import build_model, preset
@@ -121,10 +121,14 @@ def test_predict_takes_a_loaded_model_and_names_a_missing_tokenizer(work, runs):
     assert lmforge.predict(model, [q], tokenizer=tok) == lmforge.predict(runs["qa"], [q])
     with pytest.raises(ConfigError, match="tokenizer="):
         lmforge.predict(model, [q])
-    with pytest.raises(DataError, match="model not found"):
+    with pytest.raises(CheckpointError, match="model not found"):
         lmforge.predict(work / "missing", ["x"])
-    with pytest.raises(ConfigError, match="'bert-mini' is a preset"):
+    # A preset name is an architecture with random weights, as on the command line: it needs
+    # a tokenizer, and then runs.
+    with pytest.raises(ConfigError, match="no tokenizer with the model in bert-mini"):
         lmforge.pipeline("fill-mask", model="bert-mini")
+    random_init = lmforge.embed("gpt-mini", ["x y"], tokenizer=tok)  # a list: (1, d)
+    assert random_init.shape == (1, lmforge.models.preset("gpt-mini").n_embd)
 
 
 def test_embed_equals_the_command(work):

@@ -25,12 +25,13 @@ from tokenizers import Tokenizer
 
 from .errors import ConfigError, DataError
 from .interop.model_folder import save_pretrained
+from .runtime import INFERENCE_PRECISION
 
 __all__ = ["convert", "embed", "evaluate", "finetune", "plan", "predict", "save_pretrained"]
 
-# Precision of the inference functions, as the commands' --precision default: fp32 makes greedy
+# Precision of the inference functions, the commands' --precision default: fp32 makes greedy
 # output and scores equal to fp32 transformers; "auto" (bf16 autocast where fast) for speed.
-PRECISION = "fp32"
+PRECISION = INFERENCE_PRECISION
 CONVERT_DTYPES = ("f32", "f16", "bf16", "q8_0")
 
 
@@ -50,13 +51,6 @@ def load(model: str | Path | torch.nn.Module, tokenizer: str | Path | Tokenizer 
             model = model.to(resolve_device(device))
     elif isinstance(model, (str, Path)):
         path = Path(model)
-        if not path.exists():
-            from .models.config import PRESETS
-            if str(model) in PRESETS:  # an architecture, not weights: say so, not "not found"
-                raise ConfigError(f"'{model}' is a preset, an untrained architecture: pass a "
-                                  "trained model (folder, run folder or .gguf), or fine-tune it "
-                                  "with lmforge.finetune(model=..., tokenizer=...)")
-            raise DataError(f"model not found: {path}")
         model, found, tok_cfg = load_model(path, device=resolve_device(device))
     else:
         raise ConfigError(f"model must be a path or a loaded model, got {type(model).__name__}")
