@@ -295,10 +295,10 @@ class BartDenoising(Seq2SeqObjective):
         text_infilling, poisson_lambda, token_masking = o.text_infilling, o.poisson_lambda, o.token_masking
         token_deletion, sentence_permutation, document_rotation = (
             o.token_deletion, o.sentence_permutation, o.document_rotation)
-        for option, value in (("text_infilling", text_infilling), ("token_masking", token_masking),
-                              ("token_deletion", token_deletion)):
+        for name, value in (("text_infilling", text_infilling), ("token_masking", token_masking),
+                            ("token_deletion", token_deletion)):
             if not 0 <= value < 1:
-                raise ConfigError(f"objective_args: {option} must be in [0, 1), got {value}")
+                raise ConfigError(f"objective_args: {name} must be in [0, 1), got {value}")
         if poisson_lambda <= 0:
             raise ConfigError(f"objective_args: poisson_lambda must be > 0, got {poisson_lambda}")
         self.infilling, self.poisson_lambda = text_infilling, poisson_lambda
