@@ -198,12 +198,12 @@ def add_alias(container, action: argparse.Action, *names: str) -> None:
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, group: str | None = None,
                         skip: tuple[str, ...] = (), choices: dict[str, tuple] | None = None,
-                        helps: dict[str, str] | None = None, default_note: str | None = None,
+                        default_note: str | None = None,
                         names: dict[str, tuple[str, ...]] | None = None, prefix: str = "") -> None:
     """Add one flag per field of ``cls`` (``--PREFIXfield``); defaults are SUPPRESS so only
     given flags appear.
 
-    A field's help is its ``help`` metadata (or ``helps[name]``); its choices its ``choices``
+    A field's help is its ``help`` metadata; its choices its ``choices``
     metadata (or ``choices[name]``). ``default_note`` replaces the shown default (e.g. "from the
     preset" for architecture fields a preset fills). ``names`` gives a field other option
     strings: the first ones are listed, the field's own name stays a hidden alias."""
@@ -213,7 +213,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, group: st
         if f.name in skip:
             continue
         base = _base_type(hints[f.name])
-        help_text = f.metadata.get("help") or (helps or {}).get(f.name, "")
+        help_text = f.metadata.get("help", "")
         field_choices = f.metadata.get("choices") or (choices or {}).get(f.name)
         default = f.default if f.default is not dataclasses.MISSING else None
         if default_note:

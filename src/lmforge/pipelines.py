@@ -43,11 +43,12 @@ import torch
 from tokenizers import Tokenizer
 
 from .api import PRECISION, load
+from .generation.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from .errors import ConfigError, DataError
 
 ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 # lmforge generate's defaults, so a pipeline samples as the command does.
-GENERATE_DEFAULTS = dict(max_new_tokens=200, temperature=0.8, top_k=200)
+GENERATE_DEFAULTS = dict(max_new_tokens=200, temperature=DEFAULT_TEMPERATURE, top_k=DEFAULT_TOP_K)
 
 
 def describe(model: torch.nn.Module) -> str:

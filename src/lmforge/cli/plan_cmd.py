@@ -7,7 +7,7 @@ import json
 
 from ..config import add_dataclass_flags, flags_to_dict, from_dict
 from ..models.config import CHOICES as MODEL_CHOICES
-from ..models.config import FIELD_HELP, ModelConfig
+from ..models.config import ModelConfig
 from .flags import examples
 from ..training.plan import PlanConfig, format_plan, make_plan
 
@@ -26,7 +26,7 @@ def register(sub) -> None:
     add_dataclass_flags(p, PlanConfig, skip=("model_args",),
                         choices={"precision": ("bf16", "fp32"), "parallel": ("ddp", "fsdp")})
     add_dataclass_flags(p, ModelConfig, group="model architecture (override the preset)",
-                        skip=("arch",), choices=MODEL_CHOICES, helps=FIELD_HELP,
+                        skip=("arch",), choices=MODEL_CHOICES,
                         default_note="from the preset or model")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=run)

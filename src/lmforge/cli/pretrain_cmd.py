@@ -8,7 +8,7 @@ from ..config import (add_dataclass_flags, add_option_flags, coerce, flags_to_di
                       given_option_flags, load_file, merge_option_flags)
 from ..errors import ConfigError
 from ..models.config import CHOICES as MODEL_CHOICES
-from ..models.config import FIELD_HELP, ModelConfig
+from ..models.config import ModelConfig
 from ..training import TrainConfig, load_run_config, pretrain
 from ..training.config import CHOICES
 from .flags import examples, objective_names
@@ -36,7 +36,7 @@ def register(sub) -> None:
     add_dataclass_flags(p, TrainConfig, choices={**CHOICES, "objective": objective_names()},
                         names={"out_dir": ("--out", "-o")})
     add_dataclass_flags(p, ModelConfig, group="model architecture (new models only)",
-                        skip=MODEL_FLAGS_SKIP, choices=MODEL_CHOICES, helps=FIELD_HELP,
+                        skip=MODEL_FLAGS_SKIP, choices=MODEL_CHOICES,
                         default_note="from the preset")
     add_option_flags(p, objective_options(), "objective", "objective_args")
     p.set_defaults(func=run)

@@ -28,6 +28,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..errors import ConfigError, DataError
+from ..models.task_head import refuse_task_model
 from ..tokenization import encode
 from .masked_inputs import frame_ids, model_autocast, padding_id, wrap
 
@@ -108,10 +109,7 @@ def embed(model: torch.nn.Module, tokenizer: Tokenizer, texts: Sequence[str], po
     """float32 array (len(texts), n_embd): one vector per text, in order. ``normalize`` scales
     each to unit L2 norm (dot products are then cosine similarities); texts longer than
     ``max_length`` tokens (default: the model's context) are truncated."""
-    if getattr(model, "spec", None) is not None:  # a fine-tuned task model: backbone + head
-        raise ConfigError(f"embed takes a plain model, not a fine-tuned {model.spec.task} "
-                          f"model; pass its backbone (model.backbone) or the model it was "
-                          f"fine-tuned from")
+    refuse_task_model(model, "embed takes a plain model")
     cls_id, _ = frame_ids(tokenizer)
     budget = _check(model, pooling, cls_id, batch_size, max_length)
     all_ids = text_ids(tokenizer, texts, model.is_encoder, budget)

@@ -11,16 +11,14 @@ from tokenizers import Tokenizer
 
 from ..errors import ConfigError
 from ..objectives.mlm import CLS_TOKENS, MASK_TOKENS, PAD_TOKENS, SEP_TOKENS, find_token
+from ..models.task_head import refuse_task_model
 from ..runtime import autocast, resolve_precision
 
 
 def require_encoder(model: torch.nn.Module, what: str) -> None:
     """Refuse a decoder, an LSTM or an encoder without a masked-LM head: ``what`` needs
     predictions from both sides of a token."""
-    if getattr(model, "spec", None) is not None:  # a fine-tuned task model: backbone + head
-        raise ConfigError(f"{what} needs a language model, not a fine-tuned {model.spec.task} "
-                          f"model; pass its backbone (model.backbone) or the model it was "
-                          f"fine-tuned from")
+    refuse_task_model(model, f"{what} needs a language model")
     if not model.is_encoder:
         raise ConfigError(f"{what} needs an encoder model with a masked-LM head (arch=encoder, "
                           f"e.g. trained with --model bert-mini --objective mlm); this model's "

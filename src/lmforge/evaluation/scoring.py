@@ -22,6 +22,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..errors import ConfigError, DataError
+from ..models.task_head import refuse_task_model
 from ..runtime import autocast, resolve_precision
 from ..tokenization import encode, eos_token_id
 from .pseudo_likelihood import pll_score_text
@@ -118,10 +119,7 @@ def score_text(model: torch.nn.Module, tokenizer: Tokenizer, text: str, stride: 
 
     An encoder is scored by pseudo-log-likelihood (``pll_score_text``), ``batch_size`` masked
     copies of the text per forward pass; it centres a window on every token, so takes no stride."""
-    if getattr(model, "spec", None) is not None:  # a fine-tuned task model: backbone + head
-        raise ConfigError(f"scoring needs a language model, not a fine-tuned {model.spec.task} "
-                          f"model; pass its backbone (model.backbone) or the model it was "
-                          f"fine-tuned from")
+    refuse_task_model(model, "scoring needs a language model")
     if model.is_encoder:
         if stride is not None:
             raise ConfigError("stride does not apply to an encoder: pseudo-log-likelihood scores "

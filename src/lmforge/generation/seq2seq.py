@@ -25,6 +25,7 @@ from typing import Protocol
 import torch
 
 from ..errors import ConfigError, LMForgeError
+from ..models.task_head import refuse_task_model
 from ..runtime import INFERENCE_PRECISION, autocast, resolve_precision
 from .sampling import (DEFAULT_TEMPERATURE, DEFAULT_TOP_K, Completion, StreamCallback,
                        _check_prompts, _next_logits, _record, check_sampling_args, generate,
@@ -359,10 +360,7 @@ def generate_tokens(model: torch.nn.Module, prompts: Sequence[Sequence[int]], ma
     (:func:`generate_seq2seq`); a decoder continues it, by beam search when ``num_beams`` > 1
     (:func:`beam_search_decoder`), else by :func:`~lmforge.generation.generate`. ``kwargs`` are
     those of :func:`~lmforge.generation.generate`; ``compile`` applies to that last path only."""
-    if getattr(model, "spec", None) is not None:  # a fine-tuned task model: backbone + head
-        raise ConfigError(f"generation needs a language model, not a fine-tuned {model.spec.task} "
-                          f"model; pass its backbone (model.backbone) or the model it was "
-                          f"fine-tuned from")
+    refuse_task_model(model, "generation needs a language model")
     compile = kwargs.pop("compile", False)
     if model.is_seq2seq:
         return generate_seq2seq(model, prompts, max_new_tokens, num_beams=num_beams,

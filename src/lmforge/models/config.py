@@ -25,45 +25,6 @@ CHOICES = {
     "activation": ("gelu", "gelu_tanh", "relu", "silu"),
 }
 
-# What each field means, for `--help` of the commands that take architecture flags.
-FIELD_HELP = {
-    "arch": "decoder (GPT), encoder (BERT), encoder-decoder (T5/BART) or lstm",
-    "vocab_size": "vocabulary size (a new model's follows its tokenizer)",
-    "context_length": "maximum sequence length (positions)",
-    "n_layer": "Transformer blocks (encoder blocks of an encoder-decoder; LSTM layers)",
-    "n_head": "attention heads",
-    "n_kv_head": "key/value heads: fewer than n_head = grouped-query attention",
-    "n_embd": "hidden size (d_model)",
-    "head_dim": "size of one attention head (n_embd / n_head if unset)",
-    "intermediate_size": "MLP hidden size (4 * n_embd if unset)",
-    "pos_embedding": "learned absolute positions, rope, or relative (T5 position bias)",
-    "rope_base": "RoPE base (theta)",
-    "rope_scaling": "RoPE context extension as JSON, e.g. {\"rope_type\": \"linear\", \"factor\": 4}",
-    "norm": "layernorm or rmsnorm",
-    "norm_eps": "epsilon of the norms",
-    "norm_placement": "pre-norm (GPT-2, Llama) or post-norm (BERT) blocks",
-    "mlp": "mlp, swiglu (Llama) or gated (act(gate) * up, T5 v1.1)",
-    "activation": "MLP activation",
-    "bias": "biases on the linear layers and norms",
-    "qkv_bias": "biases on the q/k/v projections only (Qwen2; unset = bias)",
-    "tie_embeddings": "share the input embedding and output head weights",
-    "output_scale": "multiply the final hidden state before the head (T5: n_embd ** -0.5)",
-    "dropout": "dropout probability",
-    "init_std": "standard deviation of the weight init",
-    "embedding_dropout": "LSTM: share of word types whose embedding is zeroed per batch",
-    "type_vocab_size": "encoder: segment (token type) embeddings, 0 = none",
-    "embedding_norm": "encoder: LayerNorm on the embeddings",
-    "pooler": "encoder: [CLS] pooler (dense + tanh)",
-    "mlm_head": "encoder: masked-LM head",
-    "sentence_head": "encoder with a pooler: the two-way NSP/SOP head",
-    "n_decoder_layer": "encoder-decoder: decoder blocks (unset = n_layer)",
-    "decoder_start_token_id": "encoder-decoder: first decoder input (unset: from the tokenizer)",
-    "relative_attention_num_buckets": "T5 position bias: buckets",
-    "relative_attention_max_distance": "T5 position bias: largest distance told apart",
-    "attention_scale": "attention logit scale (unset = 1/sqrt(head_dim); T5: 1.0)",
-}
-
-
 @dataclass
 class ModelConfig:
     """Architecture of a model. GPT-2, Llama and BERT Transformers differ only in these values;

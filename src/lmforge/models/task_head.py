@@ -173,3 +173,12 @@ class TaskModel(ModelInterface, nn.Module):
         except RuntimeError as exc:
             from ..errors import CheckpointError
             raise CheckpointError(f"task head in {source} does not fit: {str(exc).splitlines()[0]}") from None
+
+
+def refuse_task_model(model: nn.Module, lead: str) -> None:
+    """A fine-tuned task model (backbone + head) where a plain model is needed: one error that
+    starts with ``lead`` ("scoring needs a language model") and names the way out."""
+    spec = getattr(model, "spec", None)
+    if spec is not None:
+        raise ConfigError(f"{lead}, not a fine-tuned {spec.task} model; pass its backbone "
+                          f"(model.backbone) or the model it was fine-tuned from")
