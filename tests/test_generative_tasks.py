@@ -20,7 +20,7 @@ from lmforge.errors import DataError
 from lmforge.models import preset
 from lmforge.models.io import build_model
 from lmforge.tasks.finetune import FinetuneConfig, FinetuneTrainer
-from lmforge.tasks.chat import DEFAULT_CHAT_TEMPLATE, ChatTemplate
+from lmforge.tokenization.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplate
 from lmforge.tasks.generative import SFT, Conversation, Seq2Seq, TextPair, pack, read_pairs
 from lmforge.tokenization import load_tokenizer, save_tokenizer, train_tokenizer
 

@@ -36,7 +36,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from .base import EpochBatches, TaskObjective, cross_entropy, option, pad, register_task
-from .chat import DEFAULT_CHAT_TEMPLATE, ChatTemplate, special_token_strings
+from ..tokenization.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, special_token_strings
 from .metrics import generation_metrics
 from .tabular import json_records
 

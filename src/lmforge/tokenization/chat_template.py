@@ -2,8 +2,9 @@
 transformers' ``apply_chat_template`` renders it, and where in that text the assistant speaks
 (what instruction tuning trains on).
 
-    template = ChatTemplate(tokenizer_config["chat_template"], {"eos_token": "<|im_end|>"})
+    template = chat_template_for(tokenizer, tokenizer_config)   # None: the model has none
     text = template.render(messages, add_generation_prompt=True)
+    stop_token_ids(tokenizer, tokenizer_config)                 # {0, 2}: EOS and <|im_end|>
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 from datetime import datetime
 
 from ..errors import ConfigError, DataError
+from .info import eos_token_id
 
 # ChatML, the template transformers used for models without one.
 DEFAULT_CHAT_TEMPLATE = (
@@ -121,3 +123,34 @@ def special_token_strings(tokenizer_config: dict, tokenizer, eos_id: int | None)
     if "eos_token" not in out and eos_id is not None:
         out["eos_token"] = tokenizer.id_to_token(eos_id)
     return out
+
+
+def chat_template_for(tokenizer, tokenizer_config: dict) -> ChatTemplate | None:
+    """The model's chat template (tokenizer_config.json's or GGUF's ``chat_template``) with its
+    special tokens, or None when the model has none (a base model: no chat format to guess)."""
+    source = tokenizer_config.get("chat_template")
+    if isinstance(source, list):  # transformers' named templates: [{"name", "template"}]
+        named = {t.get("name"): t.get("template") for t in source if isinstance(t, dict)}
+        source = named.get("default") or next(iter(named.values()), None)
+    if not isinstance(source, str) or not source.strip():
+        return None
+    return ChatTemplate(source, special_token_strings(tokenizer_config, tokenizer, eos_token_id(tokenizer)))
+
+
+def stop_token_ids(tokenizer, tokenizer_config: dict) -> set[int]:
+    """Ids that end a generation: the tokenizer's end-of-text token, the EOS token of its config
+    (GGUF ``tokenizer.ggml.eos_token_id`` arrives as ``eos_token``) and the chat template's
+    end-of-turn token (``<|im_end|>``, ``<|eot_id|>``), where they are single tokens."""
+    ids = set()
+    eos = eos_token_id(tokenizer)
+    if eos is not None:
+        ids.add(eos)
+    names = [special_token_strings(tokenizer_config, tokenizer, None).get("eos_token")]
+    template = chat_template_for(tokenizer, tokenizer_config)
+    if template is not None:
+        names.append(template.end_of_turn(tokenizer))
+    for name in names:
+        token = tokenizer.token_to_id(name) if name else None
+        if token is not None:
+            ids.add(token)
+    return ids
