@@ -59,3 +59,11 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     assert len(error_lines) == 1, proc.stderr
     for needle in needles:
         assert needle.lower() in error_lines[0].lower(), error_lines[0]
+
+
+# Tiny models and fine-tunes of the shared fixtures (conftest.tiny_models / tiny_runs).
+SMALL = dict(context_length=64, n_layer=1, n_head=2, n_embd=32)
+NAMES = ["ada", "alan", "grace", "edsger", "barbara", "donald"]
+PLACES = ["london", "paris", "rome", "oslo", "lima", "cairo"]
+FT = dict(epochs=8, batch_size=16, block_size=32, lr=3e-3, head_lr=3e-3, threads=1,
+          progress=False, tensorboard=False, precision="fp32")

@@ -6,7 +6,6 @@ transformers' shapes for every task and refuses a task the model cannot do in on
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -16,65 +15,21 @@ import torch
 import lmforge
 from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.generation import TextCompletion, generate_text
-from lmforge.interop.model_folder import save_pretrained
 from lmforge.models import build_model, preset
-from lmforge.tokenization import load_tokenizer, tokenizer_sha256, train_tokenizer
+from lmforge.tokenization import load_tokenizer, tokenizer_sha256
 
-from _util import run_cli
+from _util import FT, SMALL, run_cli
 
-SMALL = dict(context_length=64, n_layer=1, n_head=2, n_embd=32)
-NAMES = ["ada", "alan", "grace", "edsger", "barbara", "donald"]
-PLACES = ["london", "paris", "rome", "oslo", "lima", "cairo"]
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory, shakespeare) -> Path:
-    """A WordPiece tokenizer, a tiny BERT-style encoder (MLM head) and decoder saved as model
-    folders, and small synthetic task files."""
-    out = tmp_path_factory.mktemp("api")
-    corpus = out / "corpus.txt"
-    corpus.write_text(shakespeare.read_text()[:100_000] + "\n" + " ".join(NAMES + PLACES) * 20 + "\n")
-    torch.manual_seed(0)
-    wp = train_tokenizer([str(corpus)], kind="wordpiece", vocab_size=600, lowercase=True)
-    save_pretrained(build_model(preset("bert-mini", vocab_size=wp.get_vocab_size(), **SMALL)),
-                    out / "bert", wp)
-    bpe = train_tokenizer([str(corpus)], kind="bpe", vocab_size=400)
-    save_pretrained(build_model(preset("gpt-mini", vocab_size=bpe.get_vocab_size(), **SMALL)),
-                    out / "gpt", bpe)
-    rng = random.Random(0)
-    rows = [(f"a {w} {rng.choice(['play', 'film', 'day'])}", label)
-            for _ in range(40) for w, label in (("good", "pos"), ("bad", "neg"))]
-    (out / "cls.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows))
-    ner = []
-    for _ in range(60):
-        name, place = rng.choice(NAMES), rng.choice(PLACES)
-        ner.append({"tokens": ["today", name, "went", "to", place], "tags": ["O", "B-PER", "O", "O", "B-LOC"]})
-    (out / "ner.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ner))
-    qa = []
-    for i in range(60):
-        name, place = rng.choice(NAMES), rng.choice(PLACES)
-        context = f"{name} lives in {place} ."
-        qa.append({"id": str(i), "question": f"where does {name} live ?", "context": context,
-                   "answers": [{"text": place, "answer_start": context.index(place)}]})
-    (out / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qa))
-    return out
-
-
-FT = dict(epochs=8, batch_size=16, block_size=32, lr=3e-3, head_lr=3e-3, threads=1,
-          progress=False, tensorboard=False, precision="fp32")
+def work(tiny_models) -> Path:
+    return tiny_models
 
 
 @pytest.fixture(scope="module")
-def runs(work) -> dict[str, Path]:
-    """Tiny fine-tunes through the Python API: classification, NER and QA."""
-    out = {}
-    for task, data, extra in (("classification", "cls.tsv", {}), ("token-classification", "ner.jsonl", {}),
-                              ("qa", "qa.jsonl", {"task_args": {"max_query_length": 12}})):
-        result = lmforge.finetune(work / "bert", work / data, out_dir=work / f"run-{task}",
-                                  task=task, val_data=work / data, **FT, **extra)
-        assert result["out_dir"] == str(work / f"run-{task}") and result["step"] >= 32
-        out[task] = work / f"run-{task}"
-    return out
+def runs(tiny_runs) -> dict[str, Path]:
+    return tiny_runs
 
 
 def flags(options: dict) -> list[str]:

@@ -35,6 +35,7 @@ COMMANDS = {
     "predict": ("predict_cmd", "predict with a fine-tuned model, file or stdin -> JSONL"),
     "evaluate": ("evaluate_cmd", "metrics of a fine-tuned model on a labeled file"),
     "experiment": ("experiment_cmd", "pretrain-vs-scratch: does pretraining help on a task?"),
+    "serve": ("serve_cmd", "OpenAI-compatible API server and web playground"),
 }
 COMMAND_MODULES = [module for module, _ in COMMANDS.values()]
 

@@ -4,14 +4,13 @@ decoder-only language model `GPT` (GPT-2 and Llama families by config)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
 from .interface import ModelInterface
+from .kv_cache import KVCache, SlotCache, causal_mask
 
 
 def make_norm(cfg: ModelConfig, feeds_matmul: bool = False) -> nn.Module:
@@ -175,37 +174,6 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return torch.bmm(probs, v.flatten(0, 1)).view(B, H, T, D)
 
 
-@dataclass
-class KVCache:
-    """Pre-allocated keys/values for every layer; ``length`` is how many positions are filled."""
-
-    k: list[torch.Tensor]
-    v: list[torch.Tensor]
-    length: int = 0
-
-    @classmethod
-    def empty(cls, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype,
-              device: torch.device) -> "KVCache":
-        shape = (batch, cfg.n_kv_head, max_len, cfg.head_dim)
-        return cls([torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)],
-                   [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)])
-
-    @property
-    def capacity(self) -> int:
-        return self.k[0].shape[2]
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        end = self.length + k.shape[2]
-        self.k[layer][:, :, self.length:end] = k
-        self.v[layer][:, :, self.length:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep batch rows ``index`` (beam search, dropping finished sequences)."""
-        self.k = [t.index_select(0, index) for t in self.k]
-        self.v = [t.index_select(0, index) for t in self.v]
-
-
 class Attention(nn.Module):
     """Multi-head / grouped-query attention through ``scaled_dot_product_attention`` (fused
     flash or memory-efficient kernels on CPU and GPU instead of an explicit T x T softmax);
@@ -364,33 +332,13 @@ class GPT(ModelInterface, nn.Module):
         x = self.drop(x)
         rope = (rope_cos_sin(self.inv_freq, position_ids, compute_dtype(x))
                 if self.config.pos_embedding == "rope" else None)
-        mask = self._mask(T, start, attention_mask, cache, idx.device)
+        mask = (cache.attention_mask(T, attention_mask) if cache is not None
+                else causal_mask(T, 0, attention_mask, False, idx.device))
         for block in self.blocks:
             x = block(x, rope, mask, cache)
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
         return self.ln_f(x)
-
-    @staticmethod
-    def _mask(T, start, attention_mask, cache, device):
-        """None (use the fused causal kernel) unless padding or a multi-token cached step
-        needs an explicit boolean mask of shape (B, 1, T, start + T)."""
-        if attention_mask is None and (cache is None or T == 1):
-            return None
-        if attention_mask is None and start == 0 and T > 1 and cache is not None:
-            attention_mask = torch.ones(1, T, dtype=torch.bool, device=device)
-        q_pos = torch.arange(start, start + T, device=device)[:, None]
-        k_pos = torch.arange(start + T, device=device)[None, :]
-        mask = (k_pos <= q_pos)[None, None]  # causal
-        if attention_mask is not None:
-            if attention_mask.dim() == 3:  # (B, T, T): per-query keys (packed sequences)
-                mask = mask & attention_mask[:, None].bool()
-            else:
-                mask = mask & attention_mask[:, None, None, : start + T].bool()
-            # A padding query would attend to nothing; some kernels return NaN for such rows.
-            # Let every query see itself (its output is ignored anyway).
-            mask = mask | (k_pos == q_pos)[None, None]
-        return mask
 
     def forward(self, idx: torch.Tensor, position_ids=None, attention_mask=None,
                 cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
@@ -406,3 +354,10 @@ class GPT(ModelInterface, nn.Module):
         p = self.wte.weight
         return KVCache.empty(self.config, batch, max_len or self.config.context_length,
                              compute_dtype(p), p.device)
+
+    def new_slot_cache(self, slots: int, max_len: int | None = None) -> SlotCache:
+        """A cache of ``slots`` independent sequences, each at its own length, for serving
+        with continuous batching (see :class:`SlotCache`)."""
+        p = self.wte.weight
+        return SlotCache.empty(self.config, slots, max_len or self.config.context_length,
+                               compute_dtype(p), p.device)
