@@ -415,3 +415,44 @@ def test_the_command_serves_and_stops_after_max_requests():
 def test_binding_beyond_loopback_needs_an_api_key(run_lmforge):
     proc = run_lmforge("serve", "gpt-mini", "--host", "0.0.0.0", timeout=60)
     assert proc.returncode == 2 and "--api-key" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---- the engine alone ------------------------------------------------------------------------------
+def test_engine_sequences_joining_leaving_and_growing_the_cache_decode_as_alone(smollm2, monkeypatch):
+    """Sequences that join a running batch at different steps, leave it at different lengths and
+    outgrow the cache's first allocation (8 positions here) get the tokens of `generate` alone."""
+    from lmforge.generation.sampling import generate
+    from lmforge.models.kv_cache import SlotCache
+    from lmforge.serving.engine import Engine, SamplingParams
+
+    monkeypatch.setattr(SlotCache, "INITIAL_CAPACITY", 8)
+    model, tok, _ = smollm2
+    prompts = [tok.encode(p, add_special_tokens=False).ids for p in PROMPTS]
+    lengths = [20, 6, 14, 3, 17, 9]
+    alone = [generate(model, [p], n, greedy=True, precision="fp32")[0].tokens for p, n in zip(prompts, lengths)]
+    engine = Engine(model, max_batch=3, max_queue=8)
+    engine.start()
+    got: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        finished = [asyncio.Event() for _ in prompts]
+
+        def on_events(i):
+            def take(events):
+                for ev in events:
+                    if ev.token_id is None:
+                        finished[i].set()
+                    else:
+                        got[i].append(ev.token_id)
+            return take
+        for i, (p, n) in enumerate(zip(prompts, lengths)):
+            engine.submit(p, SamplingParams(max_tokens=n, temperature=0), loop, on_events(i))
+            await asyncio.sleep(0.05 * (i % 2))
+        await asyncio.wait_for(asyncio.gather(*(f.wait() for f in finished)), 120)
+    try:
+        asyncio.run(main())
+    finally:
+        engine.stop()
+    assert [got[i] for i in range(len(prompts))] == alone
+    assert engine.cache.active == 0 and engine.cache.capacity >= 16

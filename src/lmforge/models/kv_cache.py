@@ -85,11 +85,15 @@ class SlotCache:
     of the cache (no gathering copies): :meth:`decode_inputs` gives the step's position ids, the
     model writes each row's new key/value at that row's own length and masks the keys past it.
     A sequence joins with :meth:`insert` (its keys/values from a prefill pass) and leaves with
-    :meth:`remove`, which moves the last running row into its place.
+    :meth:`remove`, which moves the last running row into its place. Memory grows with the
+    longest running sequence (doubling, up to ``max_len``) rather than being reserved for the
+    whole context up front: 16 slots of SmolLM2's 8,192 positions would hold 3 GB in bf16.
     """
 
-    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor]):
-        self.k, self.v = k, v
+    INITIAL_CAPACITY = 256
+
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], max_len: int):
+        self.k, self.v, self.max_len = k, v, max_len
         slots = k[0].shape[0]
         self.lengths = torch.zeros(slots, dtype=torch.long, device=k[0].device)
         self.host_lengths = [0] * slots  # the same on the host: no device sync per step
@@ -98,9 +102,25 @@ class SlotCache:
     @classmethod
     def empty(cls, cfg: ModelConfig, slots: int, max_len: int, dtype: torch.dtype,
               device: torch.device) -> "SlotCache":
-        shape = (slots, cfg.n_kv_head, max_len, cfg.head_dim)
+        shape = (slots, cfg.n_kv_head, min(max_len, cls.INITIAL_CAPACITY), cfg.head_dim)
         return cls([torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)],
-                   [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)])
+                   [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)],
+                   max_len)
+
+    def reserve(self, length: int) -> None:
+        """Make room for sequences of ``length`` positions (at most ``max_len``)."""
+        if length <= self.capacity:
+            return
+        if length > self.max_len:
+            raise ValueError(f"{length} positions exceed the cache's {self.max_len}")
+        size = min(self.max_len, max(length, 2 * self.capacity))
+
+        def grown(t: torch.Tensor) -> torch.Tensor:
+            new = t.new_zeros(t.shape[0], t.shape[1], size, t.shape[3])
+            new[:, :, :t.shape[2]] = t
+            return new
+        self.k = [grown(t) for t in self.k]
+        self.v = [grown(t) for t in self.v]
 
     @property
     def slots(self) -> int:
@@ -121,6 +141,7 @@ class SlotCache:
         if self.active == self.slots:
             raise RuntimeError("no free slot")
         slot, size = self.active, end - start
+        self.reserve(size)
         for mine, theirs in ((self.k, source.k), (self.v, source.v)):
             for layer in range(len(mine)):
                 mine[layer][slot, :, :size] = theirs[layer][row, :, start:end]
@@ -151,6 +172,7 @@ class SlotCache:
     def attention_mask(self, T: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
         if T != 1:
             raise ValueError("a SlotCache decodes one token per sequence a step")
+        self.reserve(self.length + 1)  # before any layer writes this step's keys
         width = self.length + 1
         keys = torch.arange(width, device=self.lengths.device)
         return (keys[None, :] <= self.lengths[:self.active, None])[:, None, None, :]
