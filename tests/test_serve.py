@@ -337,6 +337,19 @@ def test_body_limit_and_api_key(smollm2):
         assert httpx.get(f"{url}/health").status_code == 200  # health stays public
 
 
+def test_a_request_past_its_timeout_is_abandoned_with_504(smollm2):
+    with running_server(served(smollm2, max_batch=2), options=ServeOptions(request_timeout=0.5)) as url:
+        t0 = time.perf_counter()
+        r = httpx.post(f"{url}/v1/completions", json={"prompt": PROMPTS[1], "max_tokens": 400,
+                                                      "temperature": 0}, timeout=60)
+        assert r.status_code == 504 and error_of(r)["type"] == "timeout"
+        assert time.perf_counter() - t0 < 5
+        deadline = time.time() + 10
+        while time.time() < deadline and running_sequences(url) != 0:
+            time.sleep(0.1)
+        assert running_sequences(url) == 0  # its slot was freed
+
+
 # ---- task models ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def task_servers(tiny_models, tiny_runs):
