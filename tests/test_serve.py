@@ -469,3 +469,26 @@ def test_engine_sequences_joining_leaving_and_growing_the_cache_decode_as_alone(
         engine.stop()
     assert [got[i] for i in range(len(prompts))] == alone
     assert engine.cache.active == 0 and engine.cache.capacity >= 16
+
+
+def test_an_encoder_decoder_is_served_one_request_at_a_time(tiny_models):
+    """Models without a SlotCache (encoder-decoders, LSTMs) stream through the same API."""
+    from lmforge.models import build_model, preset
+    from lmforge.tokenization import load_tokenizer
+
+    from _util import SMALL
+    tok = load_tokenizer(tiny_models / "gpt")
+    torch.manual_seed(0)
+    t5 = build_model(preset("t5-tiny", vocab_size=tok.get_vocab_size(), decoder_start_token_id=0,
+                            **SMALL)).eval()
+    want = generate_text(t5, tok, "to be or not", 6, greedy=True, precision="fp32")
+    assert want.token_ids  # something to compare
+    with running_server(ServedModel(t5, tok, {}, "t5", precision="fp32")) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=60)
+        out = client.completions.create(model="t5", prompt="to be or not", max_tokens=6, temperature=0)
+        assert out.choices[0].text == want.text and out.usage.completion_tokens == len(want.token_ids)
+        streamed = "".join(c.choices[0].text for c in client.completions.create(
+            model="t5", prompt="to be or not", max_tokens=6, temperature=0, stream=True))
+        assert streamed == want.text
+        with pytest.raises(openai.BadRequestError, match="log-probabilities"):
+            client.completions.create(model="t5", prompt="hi", max_tokens=2, logprobs=1)

@@ -254,6 +254,9 @@ def create_app(served: ServedModel, options: ServeOptions | None = None,
 
     def start(prompts: list[list[int]], body, max_tokens: int, logprobs: int | None,
               http: HTTPRequest) -> Request:
+        if logprobs is not None and not engine.logprobs:
+            raise APIError(400, f"'{served.name}' ({served.model.kind}) is served one request at "
+                                "a time without log-probabilities", param="logprobs")
         stops = [body.stop] if isinstance(body.stop, str) else [s for s in body.stop or () if s]
         choices, params = [], []
         for p, prompt in enumerate(prompts):

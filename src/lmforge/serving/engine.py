@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..generation import generate_tokens
 from ..generation.sampling import left_pad, positions_from_mask
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ class Engine:
     bounds one prefill pass (long prompts then join over several steps, so running streams keep
     flowing)."""
 
+    logprobs = True  # can report log-probabilities
+
     def __init__(self, model: torch.nn.Module, max_batch: int = 16, max_queue: int = 64,
                  max_prefill_tokens: int = 4096):
         self.model = model
@@ -115,9 +118,9 @@ class Engine:
         self.device = next(model.parameters()).device
         self.max_batch, self.max_queue = max_batch, max_queue
         self.max_prefill_tokens = max_prefill_tokens
-        self.cache = model.new_slot_cache(max_batch)
-        vocab = self.config.vocab_size
-        self.counts = torch.zeros(max_batch, vocab, dtype=torch.int32, device=self.device)
+        self.cache = model.new_slot_cache(max_batch) if max_batch else None
+        self.counts = torch.zeros(max_batch, self.config.vocab_size, dtype=torch.int32,
+                                  device=self.device)
         self.running: list[Sequence] = []  # index = slot
         self.waiting: deque[Sequence] = deque()
         self.stats = EngineStats()
@@ -187,16 +190,20 @@ class Engine:
                             self._wake.wait()
                         if self._stop:
                             break
-                    self._drop_cancelled()
-                    self._admit()
-                    if self.running:
-                        self._decode_step()
+                    self._work()
         except BaseException as exc:  # a dying loop fails every request instead of hanging them
             log.exception("the decoding loop failed")
             self.error = exc
             for seq in self.running + list(self.waiting):
                 self._emit({seq: [TokenEvent(None, finish_reason="error")]})
             self.running, self.waiting = [], deque()
+
+    def _work(self) -> None:
+        """One turn of the loop: drop abandoned sequences, admit waiting ones, decode a step."""
+        self._drop_cancelled()
+        self._admit()
+        if self.running:
+            self._decode_step()
 
     def _emit(self, events: dict[Sequence, list[TokenEvent]]) -> None:
         """Deliver each sequence's events on its loop (one call per loop and step)."""
@@ -316,6 +323,49 @@ class Engine:
         self._emit(events)
         for seq in done:
             self._finish(seq)
+
+
+class SerialEngine(Engine):
+    """The same queue and events for models that decode in lockstep only (encoder-decoders,
+    LSTMs): one request at a time through :func:`~lmforge.generation.generate_tokens`,
+    streamed token by token, without batching or log-probabilities."""
+
+    logprobs = False
+
+    def __init__(self, model: torch.nn.Module, max_queue: int = 64):
+        super().__init__(model, max_batch=0, max_queue=max_queue)
+        self.max_batch = 1
+
+    def _work(self) -> None:
+        self._drop_cancelled()
+        with self._wake:
+            if not self.waiting:
+                return
+            seq = self.waiting.popleft()
+        self.running.append(seq)
+        p = seq.params
+        self.stats.prompt_tokens += len(seq.prompt)
+
+        def stream(row: int, token_id: int) -> bool:
+            if seq.first_token_at is None:
+                seq.first_token_at = time.perf_counter()
+                self.stats.on_first_token(seq.first_token_at - seq.submitted)
+            seq.generated.append(token_id)
+            self.stats.generated_tokens += 1
+            self._emit({seq: [TokenEvent(token_id)]})
+            return seq.cancelled
+        try:
+            done = generate_tokens(self.model, [seq.prompt], p.max_tokens, greedy=p.temperature == 0,
+                                   temperature=p.temperature or 1.0, top_k=p.top_k or None,
+                                   top_p=p.top_p if p.top_p < 1 else None,
+                                   stop_token_ids=p.stop_token_ids, seed=p.seed, stream=stream,
+                                   precision="fp32")[0]
+            reason = "cancelled" if seq.cancelled else {"context": "length"}.get(
+                done.finish_reason, done.finish_reason)
+        finally:
+            self.running.clear()
+        seq.finished = True
+        self._emit({seq: [TokenEvent(None, finish_reason=reason)]})
 
 
 def sample_rows(logits: torch.Tensor, params: list[SamplingParams],

@@ -19,7 +19,7 @@ from ..pipelines import pipeline
 from ..runtime import resolve_device
 from ..tokenization import encode, load_tokenizer
 from ..tokenization.chat_template import chat_template_for, stop_token_ids
-from .engine import Engine
+from .engine import Engine, SerialEngine
 
 # Which pipeline serves each task endpoint, by the fine-tuned task's kind.
 TASK_ENDPOINTS = {"classification": ("classify", "text-classification"),
@@ -49,9 +49,11 @@ class ServedModel:
         self.stop_ids: frozenset[int] = frozenset()
         # Work off the engine thread (embeddings, task endpoints) runs one call at a time.
         self.aux_lock = threading.Lock()
-        if self.task is None and model.is_decoder and hasattr(model, "new_slot_cache"):
-            model = cast_for_inference(model, precision, batch_size=max_batch)
-            self.engine = Engine(model, max_batch=max_batch, max_queue=max_queue)
+        if self.task is None and model.can_generate():
+            batching = hasattr(model, "new_slot_cache")
+            model = cast_for_inference(model, precision, batch_size=max_batch if batching else 1)
+            self.engine = (Engine(model, max_batch=max_batch, max_queue=max_queue) if batching
+                           else SerialEngine(model, max_queue=max_queue))
             self.template = chat_template_for(tokenizer, tokenizer_config)
             self.stop_ids = frozenset(stop_token_ids(tokenizer, tokenizer_config))
         self.model = model
