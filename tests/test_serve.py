@@ -492,3 +492,22 @@ def test_an_encoder_decoder_is_served_one_request_at_a_time(tiny_models):
         assert streamed == want.text
         with pytest.raises(openai.BadRequestError, match="log-probabilities"):
             client.completions.create(model="t5", prompt="hi", max_tokens=2, logprobs=1)
+
+
+def test_a_failing_decoding_loop_fails_its_requests_instead_of_hanging(smollm2):
+    server = served(smollm2, max_batch=2)
+
+    class Broken(torch.nn.Module):
+        config = server.engine.model.config
+
+        def forward(self, *args, **kwargs):
+            raise RuntimeError("simulated device failure")
+    server.engine.model = Broken()
+    with running_server(server) as url:
+        t0 = time.perf_counter()
+        r = httpx.post(f"{url}/v1/completions", json={"prompt": "hi", "max_tokens": 4}, timeout=30)
+        assert r.status_code == 500 and error_of(r)["type"] == "server_error"
+        assert httpx.get(f"{url}/health").status_code == 503
+        r = httpx.post(f"{url}/v1/completions", json={"prompt": "hi", "max_tokens": 4}, timeout=30)
+        assert r.status_code == 503
+        assert time.perf_counter() - t0 < 10

@@ -128,6 +128,7 @@ class Engine:
         self._stop = False
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self._admitting: list[Sequence] = []  # taken from the queue, not yet running
 
     # ---- the asyncio side -----------------------------------------------------------------
     def start(self) -> None:
@@ -152,22 +153,14 @@ class Engine:
     def submit(self, prompt: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop,
                on_events: Callable[[list[TokenEvent]], None]) -> Sequence:
         """Queue a prompt; ``on_events`` receives its events on ``loop``. Raises QueueFull."""
-        if self.error is not None or not self.alive:
-            raise RuntimeError(f"the decoding loop has stopped: {self.error!r}")
-        seed = params.seed if params.seed is not None else random.getrandbits(62)
-        seq = Sequence(list(prompt), params, on_events, loop,
-                       generator=torch.Generator(self.device).manual_seed(seed))
-        with self._wake:
-            if len(self.waiting) >= self.max_queue:
-                raise QueueFull(f"{len(self.waiting)} requests are already waiting")
-            self.waiting.append(seq)
-            self._wake.notify()
-        return seq
+        return self.submit_many([prompt], [params], loop, [on_events])[0]
 
     def submit_many(self, prompts: list[list[int]], params: list[SamplingParams],
                     loop: asyncio.AbstractEventLoop,
                     on_events: list[Callable[[list[TokenEvent]], None]]) -> list[Sequence]:
         """Queue several sequences at once, all or none (one request with n > 1)."""
+        if self.error is not None or not self.alive:
+            raise RuntimeError(f"the decoding loop has stopped: {self.error!r}")
         with self._wake:
             if len(self.waiting) + len(prompts) > self.max_queue:
                 raise QueueFull(f"{len(self.waiting)} requests are already waiting")
@@ -194,7 +187,7 @@ class Engine:
         except BaseException as exc:  # a dying loop fails every request instead of hanging them
             log.exception("the decoding loop failed")
             self.error = exc
-            for seq in self.running + list(self.waiting):
+            for seq in {*self.running, *self._admitting, *self.waiting}:
                 self._emit({seq: [TokenEvent(None, finish_reason="error")]})
             self.running, self.waiting = [], deque()
 
@@ -252,6 +245,7 @@ class Engine:
                 seq = self.waiting.popleft()
                 budget -= len(seq.prompt)
                 admitted.append(seq)
+            self._admitting = admitted
         if not admitted:
             return
         ids, mask = left_pad([s.prompt for s in admitted], self.device)
@@ -265,6 +259,7 @@ class Engine:
             self.running.append(seq)
             self.counts[seq.slot].zero_()
             self.stats.prompt_tokens += len(seq.prompt)
+        self._admitting = []
         self.stats.prefills += 1
         self._sample_and_emit(logits, admitted)
 
@@ -342,7 +337,7 @@ class SerialEngine(Engine):
             if not self.waiting:
                 return
             seq = self.waiting.popleft()
-        self.running.append(seq)
+            self.running.append(seq)
         p = seq.params
         self.stats.prompt_tokens += len(seq.prompt)
 
