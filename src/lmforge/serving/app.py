@@ -225,7 +225,7 @@ def create_app(served: ServedModel, options: ServeOptions | None = None,
         return {"object": "list", "data": [{"id": served.name, "object": "model",
                                             "created": created, "owned_by": "lmforge",
                                             "capabilities": served.capabilities,
-                                            "lmforge": served.describe()}]}
+                                            "lmforge": served.describe(options.max_tokens)}]}
 
     # ---- generation ----------------------------------------------------------------------
     def sampling(body, max_tokens: int, logprobs: int | None, index: int) -> SamplingParams:
@@ -492,6 +492,7 @@ def create_app(served: ServedModel, options: ServeOptions | None = None,
         pipe = served.pipelines["fill-mask"]
         results = [await aux(pipe, t, top_k=body.top_k) for t in texts]
         return {"object": "list", "model": served.name,
+                "mask_token": served.describe()["mask_token"],
                 "data": [{"index": i, "masks": _per_mask(r)} for i, r in enumerate(results)]}
 
     app.state.served, app.state.options, app.state.metrics = served, options, metrics

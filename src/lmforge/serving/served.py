@@ -13,6 +13,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..errors import ConfigError, LMForgeError
+from ..evaluation.masked_inputs import mask_token_id
 from ..generation.precision import cast_for_inference
 from ..hub import load_model
 from ..pipelines import pipeline
@@ -101,7 +102,13 @@ class ServedModel:
     def token_text(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
-    def describe(self) -> dict:
+    def describe(self, max_tokens: int | None = None) -> dict:
+        """What /v1/models says of the model beyond OpenAI's fields (the playground reads it)."""
+        mask = None
+        if "fill-mask" in self.pipelines:
+            mask = self.tokenizer.id_to_token(mask_token_id(self.tokenizer))
         return {"kind": self.model.kind, "task": self.task, "context_length": self.context_length,
                 "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
-                "max_batch": self.engine.max_batch if self.engine else None}
+                "max_batch": self.engine.max_batch if self.engine else None,
+                "max_tokens": max_tokens if self.engine else None,
+                "logprobs": bool(self.engine and self.engine.logprobs), "mask_token": mask}
