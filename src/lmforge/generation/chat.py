@@ -138,9 +138,10 @@ class ChatSession:
         self.last = None
 
     def save(self, path: str | Path) -> Path:
-        """Write ``{"messages": [...]}`` to ``path`` (JSON, atomically)."""
+        """Write ``{"messages": [...]}`` to ``path`` (JSON, atomically; missing folders are made)."""
         text = json.dumps({"messages": self.messages}, ensure_ascii=False, indent=2) + "\n"
         try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
             return atomic_write_text(path, text)
         except OSError as exc:
             raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
