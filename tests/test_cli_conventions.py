@@ -207,16 +207,26 @@ def test_models_shows_each_presets_kind(capsys):
     assert {"decoder", "encoder", "encoder-decoder", "lstm"} <= set(kinds.values())
 
 
-def test_one_precision_default_for_every_inference_command_and_the_api(parser):
+def test_one_precision_default_for_scoring_and_one_for_generation(parser):
+    """Scoring and analysis default to fp32 (transformers' fp32 results); generation to "auto"
+    (weights cast once to the dtype measured faster), in the CLI, the API and the pipelines."""
     from lmforge.evaluation import score_text
     from lmforge.evaluation.embeddings import embed
     from lmforge.evaluation.fill_mask import fill_mask
-    from lmforge.generation import generate, generate_seq2seq, generate_text
+    from lmforge.generation import beam_search_decoder, generate, generate_seq2seq, generate_text
+    from lmforge.generation.chat import ChatSession
+    from lmforge.pipelines import PIPELINES
     by_name = dict(parsers(parser))
-    for command in ("generate", "score", "embed", "fill-mask", "predict", "evaluate"):
+    for command in ("score", "embed", "fill-mask", "predict", "evaluate"):
         assert by_name[f"lmforge {command}"]._option_string_actions["--precision"].default == "fp32"
-    for fn in (generate, generate_seq2seq, generate_text, score_text, embed, fill_mask):
+    for command in ("generate", "chat"):
+        assert by_name[f"lmforge {command}"]._option_string_actions["--precision"].default == "auto"
+    for fn in (score_text, embed, fill_mask):
         assert inspect.signature(fn).parameters["precision"].default == "fp32", fn.__name__
+    for fn in (generate, generate_seq2seq, beam_search_decoder, generate_text, ChatSession):
+        assert inspect.signature(fn).parameters["precision"].default == "auto", fn.__name__
+    assert {task for task, cls in PIPELINES.items() if cls.precision == "auto"} == {
+        "text-generation", "text2text-generation", "summarization", "translation"}
     # Sampling defaults: the API's are the CLI's.
     gen = by_name["lmforge generate"]._option_string_actions
     for fn in (generate, generate_seq2seq, generate_text):

@@ -178,6 +178,143 @@ def test_bad_input_is_refused():
         generate(model, [[1]], 5, top_p=0.0)
 
 
+# --- precision: weights cast once, never autocast per step ----------------------------------
+
+
+def lstm_model(seed: int = 0):
+    from lmforge.models import build_model
+    torch.manual_seed(seed)
+    return build_model(preset("lstm-small", vocab_size=len(CHARS) + 1, n_embd=32, dropout=0.0)).eval()
+
+
+def seq2seq_model(seed: int = 0):
+    from lmforge.models import build_model
+    torch.manual_seed(seed)
+    return build_model(preset("t5-tiny", vocab_size=len(CHARS) + 1, decoder_start_token_id=0,
+                              n_layer=2, n_embd=32, n_head=4, intermediate_size=64)).eval()
+
+
+@pytest.fixture
+def linear_calls(monkeypatch):
+    """(weight dtype, autocast on?) of every F.linear call; torch.autocast may not be entered."""
+    calls = []
+    linear = torch.nn.functional.linear
+
+    def recording_linear(x, weight, bias=None):
+        calls.append((weight.dtype, torch.is_autocast_enabled("cpu")))
+        return linear(x, weight, bias)
+
+    def no_autocast(*args, **kwargs):
+        raise AssertionError("generation entered autocast")
+
+    monkeypatch.setattr(torch.nn.functional, "linear", recording_linear)
+    monkeypatch.setattr(torch, "autocast", no_autocast)
+    monkeypatch.setattr(torch.amp, "autocast", no_autocast)
+    return calls
+
+
+@pytest.mark.parametrize("kind,num_beams", [("decoder", 1), ("decoder", 2), ("lstm", 1),
+                                            ("encoder-decoder", 1), ("encoder-decoder", 2)])
+def test_bf16_generation_runs_on_weights_cast_once_without_autocast(kind, num_beams, linear_calls):
+    from lmforge.generation import generate_tokens
+    from lmforge.generation.precision import cast_copy, model_dtype
+    model = {"decoder": lambda: tiny_model(LLAMA_STYLE), "lstm": lstm_model,
+             "encoder-decoder": seq2seq_model}[kind]()
+    twin = cast_copy(model, torch.bfloat16)
+    model.register_forward_pre_hook(lambda *_: pytest.fail("the fp32 model ran"))
+    out = generate_tokens(model, PROMPTS, 6, num_beams=num_beams, greedy=True, precision="bf16")
+    assert len(out) == len(PROMPTS) and all(c.tokens or c.finish_reason == "stop" for c in out)
+    assert linear_calls and all(dtype == torch.bfloat16 and not autocast
+                                for dtype, autocast in linear_calls)
+    assert all(p.dtype == torch.bfloat16 for p in twin.parameters())
+    assert cast_copy(model, torch.bfloat16) is twin  # cast once: the same copy every call
+    assert model_dtype(model) == torch.float32  # the model itself is left as it was
+
+
+def test_lstm_generation_carries_the_state_like_its_own_generate():
+    model = lstm_model()
+    prompt = [5, 6, 7, 8, 9]
+    expected = model.generate(torch.tensor([prompt]), max_new_tokens=30, temperature=0)[0, 5:]
+    assert greedy(model, [prompt], n=30) == [expected.tolist()]  # no context limit either
+    assert greedy(model, PROMPTS) == [greedy(model, [p])[0] for p in PROMPTS]
+
+
+@pytest.mark.parametrize("faster", ["fp32", "bf16"])
+def test_auto_generates_as_the_dtype_it_measured_faster(faster, monkeypatch):
+    from lmforge.generation import precision
+    timed = []
+
+    def fake_seconds(model, batch_size):
+        timed.append(batch_size)
+        return 1.0 if precision.model_dtype(model) == precision.DTYPES[faster] else 2.0
+
+    monkeypatch.setattr(precision, "AUTO_MIN_PARAMETERS", 0)  # time even a tiny model
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(precision, "decode_seconds", fake_seconds)
+    monkeypatch.setattr(precision, "_CHOICES", {})
+    model = tiny_model(LLAMA_STYLE)
+    assert precision.inference_dtype(model, "auto", len(PROMPTS)) == precision.DTYPES[faster]
+    auto = generate(model, PROMPTS, 12, greedy=True)  # the default precision is "auto"
+    assert auto == generate(model, PROMPTS, 12, greedy=True, precision=faster)
+    assert timed == [4, 4]  # both dtypes timed once, at the batch rounded up to a power of two
+    generate(model, PROMPTS[:2], 3)
+    generate_text(model, char_tokenizer(), ["ab", "cd", "ef", "gh"], 3)
+    assert timed == [4, 4, 2, 2]  # batch 2 measured once more; batch 4 remembered
+
+
+def test_auto_measures_real_decoding_steps_once(monkeypatch):
+    from lmforge.generation import precision
+    monkeypatch.setattr(precision, "AUTO_MIN_PARAMETERS", 0)
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(precision, "_CHOICES", {})
+    for model in (tiny_model(LLAMA_STYLE), lstm_model(), seq2seq_model()):
+        chosen = precision.inference_dtype(model, "auto", 2)
+        assert chosen in (torch.float32, torch.bfloat16) and len(precision._CHOICES) >= 1
+        name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[chosen]
+        from lmforge.generation import generate_tokens
+        assert ([c.tokens for c in generate_tokens(model, PROMPTS[:2], 5, greedy=True)]
+                == [c.tokens for c in generate_tokens(model, PROMPTS[:2], 5, greedy=True, precision=name)])
+    assert len(precision._CHOICES) == 3
+
+
+def test_auto_keeps_small_models_and_plain_cpus_in_fp32_without_timing(monkeypatch):
+    from lmforge.generation import precision
+    monkeypatch.setattr(precision, "decode_seconds", lambda *a: pytest.fail("timed"))
+    model = tiny_model(GPT2_STYLE)
+    assert precision.inference_dtype(model, "auto", 8) == torch.float32  # under the size bar
+    monkeypatch.setattr(precision, "AUTO_MIN_PARAMETERS", 0)
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    assert precision.inference_dtype(model, "auto", 8) == torch.float32  # no native bf16
+    bf16 = precision.cast_copy(model, torch.bfloat16)
+    assert precision.inference_dtype(bf16, "auto") == precision.inference_dtype(bf16, "fp32") == torch.bfloat16
+    assert [precision.measured_batch(b) for b in (1, 2, 3, 8, 9, 500)] == [1, 2, 4, 8, 16, 64]
+
+
+def test_cast_copy_is_rebuilt_after_the_weights_change():
+    from lmforge.generation.precision import cast_copy
+    model = tiny_model(LLAMA_STYLE)
+    twin = cast_copy(model, torch.bfloat16)
+    before = [c.tokens for c in generate(model, PROMPTS, 10, greedy=True, precision="bf16")]
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1)  # changed in place, as an optimizer step does
+    rebuilt = cast_copy(model, torch.bfloat16)
+    assert rebuilt is not twin
+    assert torch.equal(rebuilt.lm_head.weight, model.lm_head.weight.to(torch.bfloat16))
+    after = [c.tokens for c in generate(model, PROMPTS, 10, greedy=True, precision="bf16")]
+    assert after != before
+    model.load_state_dict(tiny_model(LLAMA_STYLE, seed=1).state_dict())  # loaded weights too
+    assert cast_copy(model, torch.bfloat16) is not rebuilt
+    assert cast_copy(model, torch.bfloat16) is cast_copy(model, torch.bfloat16)
+
+
+def test_bad_precision_is_refused():
+    model = tiny_model(GPT2_STYLE)
+    with pytest.raises(LMForgeError, match="precision must be one of auto, fp32, bf16, fp16"):
+        generate(model, PROMPTS, 2, precision="int8")
+    with pytest.raises(LMForgeError, match="fp16 needs a CUDA device"):
+        generate(model, PROMPTS, 2, precision="fp16")
+
+
 # --- logits processors on hand-made logits --------------------------------------------------
 
 NEG = float("-inf")

@@ -152,11 +152,11 @@ def test_greedy_generation_matches_transformers(name, text_ids, tmp_path):
                           pad_token_id=0, min_new_tokens=12)
     if name.startswith(("t5", "bart")):
         expected = out[0, 1:].tolist()  # after the decoder start token
-        got = generate_seq2seq(ours, [prompt.tolist()], 12, greedy=True)[0].tokens
+        got = generate_seq2seq(ours, [prompt.tolist()], 12, greedy=True, precision="fp32")[0].tokens
     else:
         expected = out[0, len(prompt):].tolist()
-        got = generate(ours, [prompt.tolist()], 12, greedy=True)[0].tokens
-    assert got == expected  # with the default precision (fp32), as `lmforge generate --greedy`
+        got = generate(ours, [prompt.tolist()], 12, greedy=True, precision="fp32")[0].tokens
+    assert got == expected  # fp32 weights, as `lmforge generate --greedy --precision fp32`
 
 
 def test_exported_tokenizers_load_in_auto_tokenizer(shared_data, tmp_path):

@@ -29,8 +29,9 @@ from .runtime import INFERENCE_PRECISION
 
 __all__ = ["convert", "embed", "evaluate", "finetune", "plan", "predict", "save_pretrained"]
 
-# Precision of the inference functions, the commands' --precision default: fp32 makes greedy
-# output and scores equal to fp32 transformers; "auto" (bf16 autocast where fast) for speed.
+# Precision of the scoring and analysis functions, their commands' --precision default: fp32 makes
+# scores equal to fp32 transformers'; "auto" (bf16 autocast where fast) for speed. Generation
+# defaults to runtime.GENERATION_PRECISION ("auto": weights cast once to the faster dtype).
 PRECISION = INFERENCE_PRECISION
 CONVERT_DTYPES = ("f32", "f16", "bf16", "q8_0")
 

@@ -11,7 +11,8 @@ Tasks and the models they take:
 
 - ``text-generation``: a decoder (or LSTM) language model: ``[{"generated_text"}]``, the prompt
   included (``return_full_text=False`` leaves it out). Sampling as `lmforge generate` samples
-  (temperature 0.8, top-k 200, 200 new tokens); ``do_sample=False`` is greedy.
+  (temperature 0.8, top-k 200, 200 new tokens); ``do_sample=False`` is greedy; generation stops
+  at the model's EOS and end-of-turn tokens.
 - ``text2text-generation``, ``summarization``, ``translation``: an encoder-decoder (greedy), or
   a run fine-tuned with ``--task seq2seq`` (its recorded template and generation options):
   ``[{"generated_text" | "summary_text" | "translation_text"}]``.
@@ -30,11 +31,14 @@ Tasks and the models they take:
   ``[1][tokens][d]`` per text (``return_tensors=True``: a tensor).
 
 A str input gives one result, a list a list of results, as in transformers. A task the model
-cannot do is one ConfigError naming what it is.
+cannot do is one ConfigError naming what it is. ``precision``: the generation tasks default to
+"auto" (weights cast once to the faster of fp32 and bf16, measured), the others to "fp32", as
+the commands do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +49,7 @@ from tokenizers import Tokenizer
 from .api import PRECISION, load
 from .generation.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from .errors import ConfigError, DataError
+from .runtime import GENERATION_PRECISION
 
 ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 # lmforge generate's defaults, so a pipeline samples as the command does.
@@ -69,11 +74,13 @@ class Pipeline:
 
     task = ""
     needs = ""  # what the task needs, for the error message
+    precision = PRECISION  # the default: scoring precision, "auto" for the generation tasks
 
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, tokenizer_config: dict,
-                 path: Path | None, precision: str, **defaults):
+                 path: Path | None, precision: str | None, **defaults):
         self.model, self.tokenizer, self.tokenizer_config = model, tokenizer, tokenizer_config
-        self.path, self.precision, self.defaults = path, precision, defaults
+        self.path, self.defaults = path, defaults
+        self.precision = precision or self.precision
         if not self.supports(model):
             raise ConfigError(f"{self.task} needs {self.needs}; {self.path or 'this model'} is "
                               f"{describe(model)}")
@@ -175,6 +182,7 @@ class QuestionAnswering(TaskPipeline):
 
 class TextGeneration(Pipeline):
     task, needs = "text-generation", "a decoder or LSTM language model (no task head)"
+    precision = GENERATION_PRECISION
 
     @classmethod
     def supports(cls, model) -> bool:
@@ -194,7 +202,8 @@ class TextGeneration(Pipeline):
                              temperature=temperature, top_k=top_k, top_p=top_p,
                              repetition_penalty=repetition_penalty,
                              greedy=not do_sample or temperature == 0, stop_strings=stop,
-                             seed=seed, precision=self.precision, num_beams=num_beams)
+                             seed=seed, precision=self.precision, num_beams=num_beams,
+                             tokenizer_config=self.tokenizer_config)
         n = num_return_sequences
         return [[{"generated_text": (p if return_full_text else "") + c.text} for c in done[i * n:(i + 1) * n]]
                 for i, p in enumerate(items)]
@@ -202,6 +211,7 @@ class TextGeneration(Pipeline):
 
 class Text2TextGeneration(Pipeline):
     task, needs, key = "text2text-generation", "an encoder-decoder model (T5, BART)", "generated_text"
+    precision = GENERATION_PRECISION
 
     @classmethod
     def supports(cls, model) -> bool:
@@ -214,21 +224,22 @@ class Text2TextGeneration(Pipeline):
         from .tasks.inference import headless_task_options
         task, _ = headless_task_options(str(self.path) if self.path else None, None, {})
         if task == "seq2seq":  # a fine-tuned run: its template and generation options
+            from .generation.precision import cast_for_inference
             from .tasks.inference import examples_file, predict_file, task_objective
-            from .runtime import autocast, resolve_precision
             objective = task_objective(self.model, self.tokenizer, self.tokenizer_config, self.path,
                                        max_new_tokens=max_new_tokens, num_beams=num_beams)
-            device = next(self.model.parameters()).device
-            precision = resolve_precision(self.precision, device)
+            model = cast_for_inference(self.model, self.precision, min(batch_size, len(items)))
+            device = next(model.parameters()).device
             with tempfile.TemporaryDirectory(prefix="lmforge-pipeline-") as tmp:
                 texts = [p["generated"] for p in predict_file(
-                    self.model, objective, examples_file(items, tmp), batch_size, device,
-                    lambda: autocast(device, precision))]
+                    model, objective, examples_file(items, tmp), batch_size, device,
+                    contextlib.nullcontext)]
         else:
             from .generation.text import generate_text
             texts = [c.text for c in generate_text(
                 self.model, self.tokenizer, items, max_new_tokens or GENERATE_DEFAULTS["max_new_tokens"],
-                greedy=True, num_beams=num_beams or 1, precision=self.precision)]
+                greedy=True, num_beams=num_beams or 1, precision=self.precision,
+                tokenizer_config=self.tokenizer_config)]
         return [[{self.key: t}] for t in texts]
 
 
@@ -297,10 +308,11 @@ PIPELINES = {cls.task: cls for cls in (TextGeneration, Text2TextGeneration, Summ
 
 
 def pipeline(task: str, model: str | Path | torch.nn.Module, tokenizer: str | Path | Tokenizer | None = None,
-             device: str = "auto", precision: str = PRECISION, **defaults) -> Pipeline:
+             device: str = "auto", precision: str | None = None, **defaults) -> Pipeline:
     """A callable for ``task`` on ``model`` (a path: model, run or Hugging Face folder, .gguf; or
     a loaded model with ``tokenizer=``). ``defaults`` are call options every call uses (e.g.
-    ``top_k=3``, ``max_new_tokens=50``); the module docstring lists the tasks and outputs."""
+    ``top_k=3``, ``max_new_tokens=50``); ``precision`` defaults to the task's ("auto" for
+    generation, "fp32" for the others); the module docstring lists the tasks and outputs."""
     name = ALIASES.get(task, task)
     if name not in PIPELINES:
         raise ConfigError(f"unknown pipeline task {task!r}; choose from "

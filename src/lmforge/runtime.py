@@ -38,9 +38,14 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-# Default of every inference entry point, CLI and Python alike: greedy output then equals fp32
-# transformers'; "auto" (bf16 autocast where fast) is opt-in speed.
+# Default of the scoring and analysis entry points (score, evaluate, embed, predict, fill-mask),
+# CLI and Python alike: scores and greedy output then equal fp32 transformers'; "auto" (bf16
+# autocast where fast) is opt-in speed.
 INFERENCE_PRECISION = "fp32"
+# Default of the generation entry points (generate, chat, generate_text, the text-generation
+# pipelines): the weights are cast once to whichever of fp32 and bf16 decodes faster on this
+# hardware, measured (generation.precision); precision "fp32" gives transformers' fp32 output.
+GENERATION_PRECISION = "auto"
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

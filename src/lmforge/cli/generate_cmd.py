@@ -8,9 +8,10 @@ import sys
 
 from ..errors import LMForgeError
 from ..generation import TextCompletion, generate_text
-from ..generation.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
+from ..runtime import GENERATION_PRECISION
 from .flags import examples
-from .inference import add_model_flags, language_model, load_model_and_tokenizer, read_text_file
+from .inference import (add_model_flags, add_sampling_flags, language_model,
+                        load_model_tokenizer_config, read_text_file)
 
 SEPARATOR = "-" * 40
 
@@ -20,24 +21,26 @@ def register(sub) -> None:
         "generate", help="generate text from a trained model",
         description="Continue one or more prompts with a trained model (an encoder-decoder "
                     "reads each prompt as its input and writes its output). A single prompt is "
-                    "streamed to stdout as it is generated; several print one completion each.",
+                    "streamed to stdout as it is generated; several print one completion each. "
+                    "Generation stops at the model's EOS and end-of-turn tokens; with --chat "
+                    "each prompt is a user message to a chat model, and only the reply is "
+                    "printed (`lmforge chat` keeps a conversation going).",
         epilog=examples('lmforge generate --model runs/shakespeare --prompt "ROMEO:" --max-new-tokens 100',
                         'lmforge generate --model models/gpt2 --prompt "The meaning of life is" --greedy',
-                        "lmforge generate --model runs/t5 --prompts-file inputs.txt --num-beams 4 --json"))
-    add_model_flags(p)
+                        "lmforge generate --model runs/t5 --prompts-file inputs.txt --num-beams 4 --json",
+                        'lmforge generate --model SmolLM2-135M-Instruct.Q4_1.gguf --chat '
+                        '--prompt "What is the capital of France?" --greedy'))
+    add_model_flags(p, precision=GENERATION_PRECISION)
     p.add_argument("--prompt", action="extend", nargs="+", metavar="TEXT",
                    help="prompt text (several for a batch); '-' reads the prompt from stdin")
     p.add_argument("--prompts-file", metavar="FILE",
                    help="a file of prompts, one per line (blank lines skipped)")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate per completion")
-    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
-                   help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None,
-                   help="nucleus sampling: the smallest set of tokens with this probability")
-    p.add_argument("--repetition-penalty", type=float, default=1.0,
-                   help="> 1 discourages tokens already in the text (CTRL)")
-    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--chat", action="store_true",
+                   help="each prompt is a user message, rendered with the model's chat template "
+                        "(a model without one is refused)")
+    p.add_argument("--system", metavar="TEXT",
+                   help="with --chat: a system message before each prompt")
+    add_sampling_flags(p)
     p.add_argument("--num-beams", type=int, default=1,
                    help="beam search with this many beams (> 1; sampling flags are then unused)")
     p.add_argument("--length-penalty", type=float, default=1.0,
@@ -46,7 +49,6 @@ def register(sub) -> None:
     p.add_argument("--stop", action="extend", nargs="+", metavar="STR",
                    help="stop when the completion contains STR (cut before it); in bash, "
                         "$'\\n\\n' gives a blank line")
-    p.add_argument("--seed", type=int, help="make sampling reproducible")
     p.add_argument("--num-samples", type=int, default=1,
                    help="completions per prompt")
     p.add_argument("--no-stream", action="store_true",
@@ -105,18 +107,30 @@ def print_completions(prompts: list[str], completions: list[TextCompletion], as_
         print(prompt + done.text if echo_prompt else done.text)
 
 
+def chat_prompts(prompts: list[str], args: argparse.Namespace, tokenizer, tok_cfg: dict) -> list[str]:
+    """Each prompt as a user message (after --system), rendered with the model's chat template."""
+    from ..generation.chat import chat_prompt
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    return [chat_prompt(tokenizer, tok_cfg, [*system, {"role": "user", "content": p}], args.model)
+            for p in prompts]
+
+
 def run(args: argparse.Namespace) -> int:
     if args.num_samples < 1:
         raise LMForgeError(f"--num-samples must be at least 1, got {args.num_samples}")
     if args.num_beams < 1:
         raise LMForgeError(f"--num-beams must be at least 1, got {args.num_beams}")
+    if args.system is not None and not args.chat:
+        raise LMForgeError("--system needs --chat")
     prompts = collect_prompts(args)
-    model, tokenizer = load_model_and_tokenizer(args)
+    model, tokenizer, tok_cfg = load_model_tokenizer_config(args)
     model = language_model(model, args, "generate", "a language model (decoder, "
                            "encoder-decoder or LSTM)")
-    # An encoder-decoder's output is not a continuation of its input: print the output alone.
-    echo = not model.is_seq2seq
-    batch = [p for p in prompts for _ in range(args.num_samples)]
+    inputs = chat_prompts(prompts, args, tokenizer, tok_cfg) if args.chat else prompts
+    # An encoder-decoder's output is not a continuation of its input, nor a chat reply of the
+    # rendered conversation: print the output alone.
+    echo = not (model.is_seq2seq or args.chat)
+    batch = [p for p in inputs for _ in range(args.num_samples)]
     streaming = len(batch) == 1 and not (args.no_stream or args.json)
     stream = EchoFirst(prompts[0] if echo else "") if streaming else None
     completions = generate_text(
@@ -124,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
         greedy=args.greedy, stop_strings=args.stop, seed=args.seed,
         stream_to=stream, precision=args.precision, num_beams=args.num_beams,
-        length_penalty=args.length_penalty, compile=args.compile)
+        length_penalty=args.length_penalty, compile=args.compile, tokenizer_config=tok_cfg)
     if stream:
         print(stream.pending)  # the prompt, if the completion was empty
     else:

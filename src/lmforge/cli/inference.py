@@ -12,23 +12,48 @@ from tokenizers import Tokenizer
 from ..errors import ConfigError, DataError, LMForgeError
 from ..hub import load_model
 from ..tokenization import load_tokenizer
-from ..runtime import INFERENCE_PRECISION, resolve_device
+from ..runtime import GENERATION_PRECISION, INFERENCE_PRECISION, resolve_device
 from .flags import task_names
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISION_HELP = {
+    # scoring and analysis: fp32 by default, "auto" is autocast
+    INFERENCE_PRECISION: "fp32 matches transformers' fp32 output; auto = bf16 autocast where the "
+                         "hardware runs it fast (faster, may change the results)",
+    # generation: the weights are cast once
+    GENERATION_PRECISION: "the dtype the weights are cast to once: auto = whichever of fp32 and "
+                          "bf16 decodes faster on this hardware, measured on the model (may "
+                          "change greedy output); fp32 matches transformers' fp32 output",
+}
 
 
-def add_model_flags(p: argparse.ArgumentParser) -> None:
-    """--model, --tokenizer, --device and --precision (default fp32, as in every inference
-    command)."""
+def add_model_flags(p: argparse.ArgumentParser, precision: str = INFERENCE_PRECISION) -> None:
+    """--model, --tokenizer, --device and --precision, whose default is ``precision``: fp32 for
+    the scoring and analysis commands, "auto" for the generating ones (`generate`, `chat`)."""
     p.add_argument("--model", required=True, metavar="DIR",
                    help="model folder (lmforge or Hugging Face), training run folder, or .gguf file")
     p.add_argument("--tokenizer", metavar="PATH",
                    help="tokenizer.json or tokenizer folder, if not the one saved beside the model")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--precision", default=INFERENCE_PRECISION, choices=PRECISIONS,
-                   help="fp32 matches transformers' fp32 output; auto = bf16 autocast where the "
-                        "hardware runs it fast (faster, may change greedy output)")
+    p.add_argument("--precision", default=precision, choices=PRECISIONS,
+                   help=PRECISION_HELP[precision])
+
+
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    """The sampling flags of the generating commands (`generate`, `chat`), with the defaults of
+    the Python API."""
+    from ..generation.sampling import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                   help="tokens to generate per completion")
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
+                   help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling: the smallest set of tokens with this probability")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 1 discourages tokens already in the text (CTRL)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--seed", type=int, help="make sampling reproducible")
 
 
 def load_model_and_tokenizer(args: argparse.Namespace) -> tuple[torch.nn.Module, Tokenizer]:

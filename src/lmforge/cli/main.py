@@ -25,6 +25,7 @@ COMMANDS = {
     "pretrain": ("pretrain_cmd", "pretrain a model with an objective on a prepared dataset"),
     "plan": ("plan_cmd", "FLOPs, memory per GPU (DDP vs FSDP) and time to a token budget"),
     "generate": ("generate_cmd", "generate text from a trained model"),
+    "chat": ("chat_cmd", "chat with a model in the terminal (history, streaming, /save)"),
     "score": ("score_cmd", "log-probability and perplexity of text under a model"),
     "fill-mask": ("fill_mask_cmd", "top-k predictions for [MASK] tokens (encoders)"),
     "embed": ("embed_cmd", "sentence embeddings to .npy or JSONL"),

@@ -3,11 +3,13 @@ beam search for both, and a text-level wrapper with stop strings and streaming."
 
 from .sampling import (Completion, apply_repetition_penalty, generate, sample_next, top_k_filter,
                        top_p_filter)
-from .seq2seq import (BeamCompletion, DecoderStep, Seq2SeqStep, beam_search, beam_search_decoder,
-                      generate_seq2seq, generate_tokens)
+from .seq2seq import (BeamCompletion, beam_search, beam_search_decoder, generate_seq2seq,
+                      generate_tokens)
+from .steps import DecoderStep, RecurrentStep, Seq2SeqStep
 from .text import IncrementalDecoder, TextCompletion, generate_text
 
-__all__ = ["BeamCompletion", "Completion", "DecoderStep", "IncrementalDecoder", "Seq2SeqStep",
+__all__ = ["BeamCompletion", "Completion", "DecoderStep", "IncrementalDecoder", "RecurrentStep",
+           "Seq2SeqStep",
            "TextCompletion", "apply_repetition_penalty", "beam_search", "beam_search_decoder",
            "generate", "generate_seq2seq", "generate_text", "generate_tokens", "sample_next",
            "top_k_filter", "top_p_filter"]

@@ -20,18 +20,19 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, LMForgeError
-from ..models import KVCache
 from ..models.logits import top_k_filter
-from ..runtime import INFERENCE_PRECISION, autocast, resolve_precision
+from ..runtime import GENERATION_PRECISION
+from .precision import cast_for_inference, weights_fingerprint
+from .steps import DecoderStep, RecurrentStep, left_pad, positions_from_mask
 
 log = logging.getLogger(__name__)
 
 # stream(row, token_id) is called for each new token; returning True ends that row.
 StreamCallback = Callable[[int, int], bool | None]
-PAD_ID = 0  # any id works: padded positions are masked out of attention
 # Sampling defaults of every entry point (`lmforge generate`, generate_text, generate).
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_K = 200
+DEFAULT_MAX_NEW_TOKENS = 200  # `lmforge generate`, `lmforge chat`, chat and pipeline calls
 
 
 @dataclass
@@ -110,23 +111,6 @@ def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int | No
 # Batching prompts
 
 
-def left_pad(prompts: Sequence[Sequence[int]],
-             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask, both (B, T), shorter prompts padded on the left."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), PAD_ID, dtype=torch.long, device=device)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        mask[row, width - len(prompt):] = 1
-    return ids, mask
-
-
-def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that count real tokens only, so padding does not shift a prompt's positions."""
-    return (mask.cumsum(dim=-1) - 1).clamp(min=0)
-
-
 def token_presence(ids: torch.Tensor, mask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Bool (B, V): which tokens occur among each row's real (unmasked) tokens."""
     counts = torch.zeros(ids.size(0), vocab_size, dtype=torch.long, device=ids.device)
@@ -157,10 +141,14 @@ def _fit_context(prompts: Sequence[Sequence[int]], context_length: int) -> list[
     return fitted
 
 
-def plan_decoding(prompts: Sequence[Sequence[int]], cfg, max_new_tokens: int):
+def plan_decoding(prompts: Sequence[Sequence[int]], model: torch.nn.Module, max_new_tokens: int):
     """Checked prompts cropped to the context, the longest prompt's length, and how many new
-    tokens fit in the context (warning when fewer than asked)."""
+    tokens fit in the context (warning when fewer than asked). A recurrent model (LSTM) carries
+    its state and has no context to fit."""
+    cfg = model.config
     _check_prompts(prompts, cfg.vocab_size)
+    if model.recurrent:
+        return [list(p) for p in prompts], max(len(p) for p in prompts), max_new_tokens
     prompts = _fit_context(prompts, cfg.context_length)
     longest = max(len(p) for p in prompts)
     steps = min(max_new_tokens, cfg.context_length - longest)
@@ -171,11 +159,6 @@ def plan_decoding(prompts: Sequence[Sequence[int]], cfg, max_new_tokens: int):
 
 
 _DECODERS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
-
-
-def _weights_fingerprint(model: torch.nn.Module) -> tuple:
-    """Changes when any weight is replaced, moved, cast or modified in place (version counter)."""
-    return tuple((p.data_ptr(), p.dtype, p._version) for p in model.parameters())
 
 
 def compiled_decoder(model: torch.nn.Module) -> Callable:
@@ -189,23 +172,12 @@ def compiled_decoder(model: torch.nn.Module) -> Callable:
     (letting inductor pre-pack them for the CPU matmul library), so the compiled decoder is
     rebuilt whenever the weights have changed since (training between generations).
     """
-    fingerprint = _weights_fingerprint(model)
+    fingerprint = weights_fingerprint(model)
     built = _DECODERS.get(model)
     if built is None or built[0] != fingerprint:
         built = _DECODERS[model] = (fingerprint, torch.compile(model, dynamic=True,
                                                                options={"freezing": True}))
     return built[1]
-
-
-def _next_logits(model: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor,
-                 mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
-    """Float logits (B, V) at the last position. With a cache only the tokens it does not hold
-    yet are fed (the whole prompt first, then one token a step); without one the whole sequence
-    is recomputed."""
-    if cache is not None:
-        ids, positions = ids[:, cache.length:], positions[:, cache.length:]
-    logits = model(ids, position_ids=positions, attention_mask=mask, cache=cache, last_only=True)
-    return logits[:, -1].float()
 
 
 def _record(tokens: list[int], out: list[list[int]], reasons: list[str | None],
@@ -233,55 +205,54 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
              repetition_penalty: float = 1.0, greedy: bool = False,
              stop_token_ids: Iterable[int] | None = None, seed: int | None = None,
              use_cache: bool = True, stream: StreamCallback | None = None,
-             precision: str = INFERENCE_PRECISION, compile: bool = False) -> list[Completion]:
+             precision: str = GENERATION_PRECISION, compile: bool = False) -> list[Completion]:
     """Continue each prompt (a list of token ids) by up to ``max_new_tokens`` tokens.
 
     Decoding uses a KV cache: one forward pass over the (left-padded) prompts, then one token per
     step; ``use_cache=False`` recomputes the full sequence every step instead (same tokens,
-    slower; a reference for tests). A row stops at any of ``stop_token_ids`` (the stop token is
-    not returned) or when ``stream(row, token_id)`` returns True; the batch ends when all rows
-    have stopped. ``seed`` makes sampling reproducible; the sampling settings are those of
-    :func:`sample_next`. Put the model in eval mode first (dropout). ``precision`` is "fp32"
-    (the default), "auto" (bf16 autocast where the hardware runs it fast), "bf16" or "fp16"; a
-    model loaded in a lower dtype runs in that dtype. ``compile`` runs the one-token steps after
-    the prompt through :func:`compiled_decoder` (the first call compiles: worth it for long or
-    repeated generation with fixed weights).
+    slower; a reference for tests). An LSTM reads each prompt once and carries its state. A row
+    stops at any of ``stop_token_ids`` (the stop token is not returned) or when
+    ``stream(row, token_id)`` returns True; the batch ends when all rows have stopped. ``seed``
+    makes sampling reproducible; the sampling settings are those of :func:`sample_next`.
+    ``precision``: the weights are cast once to the dtype
+    :func:`~lmforge.generation.precision.inference_dtype` gives (a cached copy; the model itself
+    is not changed): "auto" (the default) is whichever of fp32 and bf16 decodes this batch size
+    faster on this hardware, measured once; "fp32" matches transformers' fp32 output; "bf16",
+    "fp16"; a model loaded in a lower dtype runs in that dtype. Put the model in eval mode first
+    (dropout).
+    ``compile`` runs the one-token steps after the prompt through :func:`compiled_decoder` (the
+    first call compiles: worth it for long or repeated generation with fixed weights).
 
-    Context: the sequence never exceeds ``model.config.context_length``. A prompt longer than
-    context_length - 1 is cropped from the left (keeping its end) with a warning, and generation
-    stops when the longest prompt of the batch plus its new tokens fills the context, with a
-    warning and finish_reason "context".
+    Context: the sequence never exceeds ``model.config.context_length`` (an LSTM has no such
+    limit). A prompt longer than context_length - 1 is cropped from the left (keeping its end)
+    with a warning, and generation stops when the longest prompt of the batch plus its new
+    tokens fills the context, with a warning and finish_reason "context".
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
-    cfg = model.config
-    prompts, longest, steps = plan_decoding(prompts, cfg, max_new_tokens)
-
+    prompts, longest, steps = plan_decoding(prompts, model, max_new_tokens)
+    model = cast_for_inference(model, precision, len(prompts))
     device = next(model.parameters()).device
-    ids, mask = left_pad(prompts, device)
-    positions = positions_from_mask(mask)
-    padded = not bool(mask.all())  # without padding the model's fused causal kernels apply
-    seen = token_presence(ids, mask, cfg.vocab_size)
+    if model.recurrent:
+        step = RecurrentStep(model, prompts)
+    else:
+        decode_model = compiled_decoder(model) if compile and use_cache else None
+        step = DecoderStep(model, prompts, longest + steps, use_cache, decode_model)
+    seen = token_presence(*left_pad(prompts, device), model.config.vocab_size)
     generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
     stop_ids = set(stop_token_ids or ())
     choose = functools.partial(sample_next, temperature=temperature, top_k=top_k, top_p=top_p,
                                repetition_penalty=repetition_penalty, greedy=greedy,
                                generator=generator)
 
+    generated = torch.zeros((len(prompts), 0), dtype=torch.long, device=device)
     out: list[list[int]] = [[] for _ in prompts]
     reasons: list[str | None] = [None] * len(prompts)
-    with autocast(device, resolve_precision(precision, device)):
-        cache = model.new_cache(len(prompts), longest + steps) if use_cache else None
-        step_model = compiled_decoder(model) if compile and use_cache else model
-        for i in range(steps):
-            logits = _next_logits(step_model if i else model, ids, positions,
-                                  mask if padded else None, cache)
-            token = choose(logits, seen)
-            ids = torch.cat([ids, token[:, None]], dim=1)
-            positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            seen.scatter_(1, token[:, None], True)
-            _record(token.tolist(), out, reasons, stop_ids, stream)
-            if all(reasons):
-                break
+    for _ in range(steps):
+        token = choose(step(generated), seen)
+        generated = torch.cat([generated, token[:, None]], dim=1)
+        seen.scatter_(1, token[:, None], True)
+        _record(token.tolist(), out, reasons, stop_ids, stream)
+        if all(reasons):
+            break
     end_reason = "length" if steps == max_new_tokens else "context"
     return [Completion(tokens, reason or end_reason) for tokens, reason in zip(out, reasons)]

@@ -1,10 +1,12 @@
 """Generation for encoder-decoder models, and beam search for every Transformer.
 
-The decoding loops here work on a *step*: an object that gives next-token logits for a batch
-of growing token sequences and can reorder its rows (its KV caches with them). Greedy decoding,
-sampling and beam search are written once over that interface; :class:`Seq2SeqStep` drives an
-encoder-decoder (the encoder runs once; the decoder keeps a self-attention KV cache and the
-cross-attention keys/values of the encoder output), :class:`DecoderStep` a decoder-only GPT.
+The decoding loops here work on a *step* (see :mod:`.steps`): an object that gives next-token
+logits for a batch of growing token sequences and can reorder its rows (its KV caches with
+them). Greedy decoding, sampling and beam search are written once over that interface;
+:class:`Seq2SeqStep` drives an encoder-decoder (the encoder runs once; the decoder keeps a
+self-attention KV cache and the cross-attention keys/values of the encoder output),
+:class:`DecoderStep` a decoder-only GPT. The weights are cast once to the generation dtype
+(:mod:`.precision`), never autocast per step.
 
     out = generate_seq2seq(model, [[12, 40, 7]], max_new_tokens=30, num_beams=4, stop_token_ids=[eos])
     out[0].tokens, out[0].finish_reason, out[0].score
@@ -20,16 +22,17 @@ import functools
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 import torch
 
 from ..errors import ConfigError, LMForgeError
 from ..models.task_head import refuse_task_model
-from ..runtime import INFERENCE_PRECISION, autocast, resolve_precision
+from ..runtime import GENERATION_PRECISION
+from .precision import cast_for_inference
 from .sampling import (DEFAULT_TEMPERATURE, DEFAULT_TOP_K, Completion, StreamCallback,
-                       _check_prompts, _next_logits, _record, check_sampling_args, generate,
-                       left_pad, plan_decoding, positions_from_mask, sample_next)
+                       _check_prompts, _record, check_sampling_args, generate, plan_decoding,
+                       sample_next)
+from .steps import DecoderStep, Seq2SeqStep, Step, start_tokens
 
 log = logging.getLogger(__name__)
 
@@ -39,75 +42,6 @@ class BeamCompletion(Completion):
     """A beam search result: the best hypothesis and its length-normalized log-probability."""
 
     score: float
-
-
-class Step(Protocol):
-    """Next-token logits for a batch of sequences, with state that follows row reordering."""
-
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Float logits (N, V) of the token after ``tokens`` (N, t), the sequences so far."""
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep rows ``index`` (repeated indices copy a row: one source becomes several beams)."""
-
-
-class Seq2SeqStep:
-    """An encoder-decoder as a :class:`Step`: the sources are encoded once at construction;
-    each call decodes the tokens the cache does not hold yet (all of them without a cache)."""
-
-    def __init__(self, model: torch.nn.Module, sources: Sequence[Sequence[int]], max_len: int,
-                 use_cache: bool = True):
-        self.model = model
-        device = next(model.parameters()).device
-        width = max(len(s) for s in sources)
-        ids = torch.zeros((len(sources), width), dtype=torch.long, device=device)
-        mask = torch.zeros_like(ids)
-        for row, source in enumerate(sources):  # right-padded: the encoder sees all positions
-            ids[row, :len(source)] = torch.tensor(source, dtype=torch.long)
-            mask[row, :len(source)] = 1
-        self.mask = mask if not bool(mask.all()) else None
-        self.hidden = model.encode(ids, self.mask)
-        self.cache = model.new_cache(len(sources), max_len) if use_cache else None
-
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.cache is not None:
-            tokens = tokens[:, self.cache.length:]
-        hidden = self.model.decode(tokens, self.hidden, self.mask, self.cache)
-        return self.model.logits(hidden[:, -1]).float()
-
-    def reorder(self, index: torch.Tensor) -> None:
-        self.hidden = self.hidden.index_select(0, index)
-        if self.mask is not None:
-            self.mask = self.mask.index_select(0, index)
-        if self.cache is not None:
-            self.cache.reorder(index)
-
-
-class DecoderStep:
-    """A decoder-only model as a :class:`Step` over the tokens generated after its left-padded
-    prompts (the prompts stay inside the step)."""
-
-    def __init__(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_len: int,
-                 use_cache: bool = True):
-        self.model = model
-        self.ids, self.mask = left_pad(prompts, next(model.parameters()).device)
-        self.positions = positions_from_mask(self.mask)
-        self.padded = not bool(self.mask.all())
-        self.cache = model.new_cache(len(prompts), max_len) if use_cache else None
-
-    def __call__(self, generated: torch.Tensor) -> torch.Tensor:
-        t = generated.shape[1]
-        ids = torch.cat([self.ids, generated], dim=1)
-        mask = torch.cat([self.mask, torch.ones_like(generated)], dim=1)
-        steps = torch.arange(1, t + 1, device=ids.device)[None]
-        positions = torch.cat([self.positions, self.positions[:, -1:] + steps], dim=1)
-        return _next_logits(self.model, ids, positions, mask if self.padded else None, self.cache)
-
-    def reorder(self, index: torch.Tensor) -> None:
-        self.ids, self.mask, self.positions = (t.index_select(0, index)
-                                               for t in (self.ids, self.mask, self.positions))
-        if self.cache is not None:
-            self.cache.reorder(index)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +198,7 @@ def generate_seq2seq(model: torch.nn.Module, sources: Sequence[Sequence[int]], m
                      no_repeat_ngram_size: int = 0, stop_token_ids: Iterable[int] | None = None,
                      decoder_start_token_id: int | None = None, seed: int | None = None,
                      use_cache: bool = True, stream: StreamCallback | None = None,
-                     precision: str = INFERENCE_PRECISION) -> list[Completion]:
+                     precision: str = GENERATION_PRECISION) -> list[Completion]:
     """Generate an output for each source (a list of token ids) with an encoder-decoder model.
 
     The sources are encoded once; the decoder starts from ``decoder_start_token_id`` (default:
@@ -281,11 +215,7 @@ def generate_seq2seq(model: torch.nn.Module, sources: Sequence[Sequence[int]], m
     cfg = model.config
     if not model.is_seq2seq:
         raise ConfigError(f"generate_seq2seq needs an encoder-decoder model, got a {model.kind}")
-    start_id = decoder_start_token_id
-    if start_id is None:
-        start_id = cfg.decoder_start_token_id
-    if start_id is None:
-        raise ConfigError("the model config has no decoder_start_token_id; pass decoder_start_token_id")
+    start = start_tokens(model, len(sources), decoder_start_token_id)
     _check_prompts(sources, cfg.vocab_size)
     if any(len(s) > cfg.context_length for s in sources):
         log.warning("source cut to its first %d tokens (model context_length)", cfg.context_length)
@@ -295,20 +225,19 @@ def generate_seq2seq(model: torch.nn.Module, sources: Sequence[Sequence[int]], m
         log.warning("generation stops at the model's context_length=%d: %d of %d new tokens",
                     cfg.context_length, steps, max_new_tokens)
 
-    device = next(model.parameters()).device
+    model = cast_for_inference(model, precision, len(sources) * num_beams)
     stop_ids = set(stop_token_ids or ())
-    with autocast(device, resolve_precision(precision, device)):
-        step = Seq2SeqStep(model, sources, steps + 1, use_cache)
-        start = torch.full((len(sources), 1), start_id, dtype=torch.long, device=device)
-        if num_beams > 1:
-            done = _replay(beam_search(step, start, num_beams, steps, stop_ids, length_penalty,
-                                       early_stopping, no_repeat_ngram_size), stream)
-        else:
-            generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
-            choose = functools.partial(sample_next, temperature=temperature, top_k=top_k,
-                                       top_p=top_p, repetition_penalty=repetition_penalty,
-                                       greedy=greedy, generator=generator)
-            done = sample_loop(step, start, steps, choose, cfg.vocab_size, stop_ids, stream)
+    step = Seq2SeqStep(model, sources, steps + 1, use_cache)
+    if num_beams > 1:
+        done = _replay(beam_search(step, start, num_beams, steps, stop_ids, length_penalty,
+                                   early_stopping, no_repeat_ngram_size), stream)
+    else:
+        generator = (torch.Generator(start.device).manual_seed(seed) if seed is not None
+                     else None)
+        choose = functools.partial(sample_next, temperature=temperature, top_k=top_k,
+                                   top_p=top_p, repetition_penalty=repetition_penalty,
+                                   greedy=greedy, generator=generator)
+        done = sample_loop(step, start, steps, choose, cfg.vocab_size, stop_ids, stream)
     return _context_reason(done, steps < max_new_tokens)
 
 
@@ -318,17 +247,16 @@ def beam_search_decoder(model: torch.nn.Module, prompts: Sequence[Sequence[int]]
                         early_stopping: bool | str = False, no_repeat_ngram_size: int = 0,
                         stop_token_ids: Iterable[int] | None = None, use_cache: bool = True,
                         stream: StreamCallback | None = None,
-                        precision: str = INFERENCE_PRECISION) -> list[BeamCompletion]:
+                        precision: str = GENERATION_PRECISION) -> list[BeamCompletion]:
     """Beam search continuations of ``prompts`` with a decoder-only model (GPT); prompts and
     context as in :func:`~lmforge.generation.generate`."""
     _check_beam_args(num_beams, early_stopping, no_repeat_ngram_size)
-    prompts, longest, steps = plan_decoding(prompts, model.config, max_new_tokens)
-    device = next(model.parameters()).device
-    with autocast(device, resolve_precision(precision, device)):
-        step = DecoderStep(model, prompts, longest + steps, use_cache)
-        start = torch.zeros((len(prompts), 0), dtype=torch.long, device=device)
-        completions = beam_search(step, start, num_beams, steps, set(stop_token_ids or ()),
-                                  length_penalty, early_stopping, no_repeat_ngram_size)
+    prompts, longest, steps = plan_decoding(prompts, model, max_new_tokens)
+    model = cast_for_inference(model, precision, len(prompts) * num_beams)
+    step = DecoderStep(model, prompts, longest + steps, use_cache)
+    completions = beam_search(step, start_tokens(model, len(prompts)), num_beams, steps,
+                              set(stop_token_ids or ()), length_penalty, early_stopping,
+                              no_repeat_ngram_size)
     return _context_reason(_replay(completions, stream), steps < max_new_tokens)
 
 

@@ -15,8 +15,9 @@ import torch
 from tokenizers import Tokenizer
 
 from ..errors import DataError
-from ..tokenization import encode, eos_token_id
-from ..runtime import INFERENCE_PRECISION
+from ..runtime import GENERATION_PRECISION
+from ..tokenization import encode
+from ..tokenization.chat_template import stop_token_ids as model_stop_token_ids
 from .sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from .seq2seq import generate_tokens
 
@@ -162,26 +163,32 @@ def generate_text(model: torch.nn.Module, tokenizer: Tokenizer, prompts: str | S
                   top_p: float | None = None, repetition_penalty: float = 1.0,
                   greedy: bool = False, stop_strings: Sequence[str] | None = None,
                   stop_token_ids: Iterable[int] | None = None, seed: int | None = None,
-                  stream_to: TextSink | None = None, precision: str = INFERENCE_PRECISION,
-                  num_beams: int = 1, length_penalty: float = 1.0,
-                  compile: bool = False) -> TextCompletion | list[TextCompletion]:
+                  stream_to: TextSink | None = None, precision: str = GENERATION_PRECISION,
+                  num_beams: int = 1, length_penalty: float = 1.0, compile: bool = False,
+                  tokenizer_config: dict | None = None) -> TextCompletion | list[TextCompletion]:
     """Continue a text prompt (a str: one :class:`TextCompletion`) or each of a list of prompts
     (a list of them); the completion excludes the prompt. An encoder-decoder model
     reads the prompt as its source and the completion is its output.
 
-    Prompts are encoded without special tokens. Generation of a sequence stops at the tokenizer's
-    end-of-text token (plus any ``stop_token_ids``) or once its text contains one of
-    ``stop_strings``; the text is cut just before the first stop string. ``stream_to`` (one
+    Prompts are encoded without special tokens (special tokens written in the text, such as a
+    chat template's ``<|im_start|>``, are read as themselves). Generation of a sequence stops at
+    the tokenizer's end-of-text token, the EOS and end-of-turn tokens of ``tokenizer_config``
+    (the model's tokenizer_config.json or GGUF metadata, as ``lmforge.hub.load_model`` returns
+    it: ``<|im_end|>`` for ChatML models), any ``stop_token_ids``, or once its text contains one
+    of ``stop_strings``; the text is cut just before the first stop string. ``stream_to`` (one
     prompt only) receives the completion as it is produced, holding back any partial UTF-8
     character or possible start of a stop string until it is settled. Sampling arguments are
     those of :func:`~lmforge.generation.generate`; ``num_beams`` > 1 runs beam search
     (``length_penalty``), whose text reaches ``stream_to`` once the best hypothesis is chosen.
     ``compile``: a decoder's sampling/greedy steps run compiled (see ``generate``).
+    ``precision``: "auto" (the default) casts the weights once to the faster of fp32 and bf16 on
+    this hardware, measured; "fp32" gives transformers' fp32 output (see ``generate``).
     """
     if isinstance(prompts, str):  # one prompt, not one per character
         return generate_text(model, tokenizer, [prompts], max_new_tokens, temperature, top_k, top_p,
                              repetition_penalty, greedy, stop_strings, stop_token_ids, seed,
-                             stream_to, precision, num_beams, length_penalty, compile)[0]
+                             stream_to, precision, num_beams, length_penalty, compile,
+                             tokenizer_config)[0]
     if stream_to is not None and len(prompts) != 1:
         raise ValueError("stream_to needs exactly one prompt")
     stop_strings = [s for s in (stop_strings or ()) if s]
@@ -189,10 +196,7 @@ def generate_text(model: torch.nn.Module, tokenizer: Tokenizer, prompts: str | S
     seq2seq = model.is_seq2seq
     texts = [_CompletionText(IncrementalDecoder(tokenizer, [] if seq2seq else ids), stop_strings,
                              stream_to) for ids in encoded]
-    stop_ids = set(stop_token_ids or ())
-    eos = eos_token_id(tokenizer)
-    if eos is not None:
-        stop_ids.add(eos)
+    stop_ids = set(stop_token_ids or ()) | model_stop_token_ids(tokenizer, tokenizer_config or {})
     completions = generate_tokens(model, encoded, max_new_tokens, num_beams=num_beams,
                                   length_penalty=length_penalty, temperature=temperature,
                                   top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
