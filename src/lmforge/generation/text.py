@@ -101,7 +101,7 @@ def held_back(text: str, stop_strings: Sequence[str]) -> int:
     return 0
 
 
-class _CompletionText:
+class CompletionText:
     """One sequence's decoded text: grows token by token, is cut at the first stop string, and
     writes what is safe to show to ``stream_to``."""
 
@@ -194,7 +194,7 @@ def generate_text(model: torch.nn.Module, tokenizer: Tokenizer, prompts: str | S
     stop_strings = [s for s in (stop_strings or ()) if s]
     encoded = [encode_prompt(tokenizer, prompt) for prompt in prompts]
     seq2seq = model.is_seq2seq
-    texts = [_CompletionText(IncrementalDecoder(tokenizer, [] if seq2seq else ids), stop_strings,
+    texts = [CompletionText(IncrementalDecoder(tokenizer, [] if seq2seq else ids), stop_strings,
                              stream_to) for ids in encoded]
     stop_ids = set(stop_token_ids or ()) | model_stop_token_ids(tokenizer, tokenizer_config or {})
     completions = generate_tokens(model, encoded, max_new_tokens, num_beams=num_beams,

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from ..generation.text import IncrementalDecoder, _CompletionText
+from ..generation.text import IncrementalDecoder, CompletionText
 from .engine import Sequence, TokenEvent
 
 
@@ -62,7 +62,7 @@ class Choice:
 
     index: int
     prompt: list[int]
-    text: _CompletionText
+    text: CompletionText
     deltas: _Deltas
     sequence: Sequence | None = None
     tokens: list[int] = field(default_factory=list)
@@ -72,7 +72,7 @@ class Choice:
     @classmethod
     def new(cls, index: int, prompt: list[int], tokenizer, stop_strings: list[str]) -> "Choice":
         deltas = _Deltas()
-        return cls(index, prompt, _CompletionText(IncrementalDecoder(tokenizer, prompt),
+        return cls(index, prompt, CompletionText(IncrementalDecoder(tokenizer, prompt),
                                                   stop_strings, deltas), deltas)
 
     @property
