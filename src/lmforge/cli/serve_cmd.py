@@ -8,6 +8,7 @@ from ..config import add_dataclass_flags, flags_to_dict, options_from_dict
 from ..errors import LMForgeError
 from .flags import examples
 from .inference import add_model_flags
+from ..runtime import GENERATION_PRECISION
 
 
 def register(sub) -> None:
@@ -27,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("model_path", nargs="?", metavar="MODEL",
                    help="the model to serve (or --model): a model or run folder, Hugging Face "
                         "folder, or .gguf file")
-    add_model_flags(p)
+    add_model_flags(p, precision=GENERATION_PRECISION)
     for action in p._actions:  # MODEL may come positionally instead
         if action.dest == "model":
             action.required = False
@@ -38,7 +39,7 @@ def register(sub) -> None:
                    help="the model's id in the API (default: the folder or file name)")
     from ..serving.app import ServeOptions
     add_dataclass_flags(p, ServeOptions, group="limits and access")
-    p.set_defaults(func=run, precision="auto")
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

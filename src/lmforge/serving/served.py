@@ -17,7 +17,7 @@ from ..evaluation.masked_inputs import mask_token_id
 from ..generation.precision import cast_for_inference
 from ..hub import load_model
 from ..pipelines import pipeline
-from ..runtime import resolve_device
+from ..runtime import GENERATION_PRECISION, resolve_device
 from ..tokenization import encode, load_tokenizer
 from ..tokenization.chat_template import chat_template_for, stop_token_ids
 from .engine import Engine, SerialEngine
@@ -40,7 +40,7 @@ class ServedModel:
     the pipelines of the task endpoints it supports."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, tokenizer_config: dict,
-                 name: str, precision: str = "auto", max_batch: int = 16, max_queue: int = 64):
+                 name: str, precision: str = GENERATION_PRECISION, max_batch: int = 16, max_queue: int = 64):
         self.name, self.tokenizer, self.tokenizer_config = name, tokenizer, tokenizer_config
         spec = getattr(model, "spec", None)
         self.task = spec.task if spec is not None else None
@@ -69,7 +69,7 @@ class ServedModel:
 
     @classmethod
     def load(cls, path: str | Path, tokenizer: str | Path | None = None, device: str = "auto",
-             precision: str = "auto", max_batch: int = 16, max_queue: int = 64,
+             precision: str = GENERATION_PRECISION, max_batch: int = 16, max_queue: int = 64,
              name: str | None = None) -> "ServedModel":
         model, tok, tok_cfg = load_model(path, device=resolve_device(device))
         if tokenizer is not None:
