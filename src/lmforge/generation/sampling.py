@@ -23,7 +23,7 @@ from ..errors import ConfigError, LMForgeError
 from ..models.logits import top_k_filter
 from ..runtime import GENERATION_PRECISION
 from .precision import cast_for_inference, weights_fingerprint
-from .steps import DecoderStep, RecurrentStep, left_pad, positions_from_mask
+from .steps import DecoderStep, RecurrentStep, left_pad
 
 log = logging.getLogger(__name__)
 

@@ -284,10 +284,11 @@ def generate_tokens(model: torch.nn.Module, prompts: Sequence[Sequence[int]], ma
                     *, num_beams: int = 1, length_penalty: float = 1.0,
                     early_stopping: bool | str = False, no_repeat_ngram_size: int = 0,
                     **kwargs) -> list[Completion]:
-    """Generation for any Transformer: an encoder-decoder reads each prompt as its source
+    """Generation for any language model: an encoder-decoder reads each prompt as its source
     (:func:`generate_seq2seq`); a decoder continues it, by beam search when ``num_beams`` > 1
-    (:func:`beam_search_decoder`), else by :func:`~lmforge.generation.generate`. ``kwargs`` are
-    those of :func:`~lmforge.generation.generate`; ``compile`` applies to that last path only."""
+    (:func:`beam_search_decoder`), else by :func:`~lmforge.generation.generate` (an LSTM too).
+    ``kwargs`` are those of :func:`~lmforge.generation.generate`; ``compile`` applies to that
+    last path only."""
     refuse_task_model(model, "generation needs a language model")
     compile = kwargs.pop("compile", False)
     if model.is_seq2seq:
