@@ -233,7 +233,8 @@ def create_app(served: ServedModel, options: ServeOptions | None = None,
         return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
                               top_k=body.top_k, seed=seed, presence_penalty=body.presence_penalty,
                               frequency_penalty=body.frequency_penalty,
-                              stop_token_ids=served.stop_ids, logprobs=logprobs)
+                              stop_token_ids=frozenset() if body.ignore_eos else served.stop_ids,
+                              logprobs=logprobs)
 
     def check_lengths(prompts: list[list[int]], max_tokens: int | None,
                       param: str = "prompt") -> int:

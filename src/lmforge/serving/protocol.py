@@ -33,6 +33,8 @@ class _Sampling(_Body):
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    ignore_eos: bool = Field(False, description="keep generating past EOS/end-of-turn tokens "
+                                                "(vLLM's extension; load tests)")
 
 
 class CompletionRequest(_Sampling):
