@@ -12,8 +12,10 @@ Each server in ``--servers`` is started as a subprocess on a free loopback port,
   request in a thread, ``TextIteratorStreamer``, no batching: the server people write by hand),
   ``hf`` in ``--hf-dtype``;
 - ``llamacpp``: llama-cpp-python's server on the same GGUF file (``--n_threads`` = CPU count).
-  Not a dependency of lmforge; it compiles llama.cpp from source (about 15-20 minutes on 2
-  cores; ``GGML_NATIVE=ON``, the default, crashed on inference on an AMX CPU here)::
+  It runs one request at a time (queued behind a lock) on the Q4_1 weights as they are (its
+  quantized kernels), not dequantized ones. Not a dependency of lmforge; it compiles llama.cpp
+  from source (10 minutes on 2 cores here; ``GGML_NATIVE=ON``, the default, crashed on
+  inference on an AMX CPU)::
 
       CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install "llama-cpp-python[server]"
 
@@ -189,6 +191,7 @@ def make_server(spec: str, args) -> Server:
         gguf = args.gguf or args.model
         cmd = [py, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
                "--port", str(port), "--n_threads", str(os.cpu_count()), "--n_ctx", "4096",
+               "--interrupt_requests", "False",  # True (its default) cuts a stream when another request comes
                *shlex.split(args.llamacpp_args)]
         return Server("llama.cpp", url, cmd, env)
     raise SystemExit(f"unknown server {spec!r}: lmforge, hf, hf-fp32, hf-bf16, llamacpp or a URL")
