@@ -310,7 +310,7 @@ def bench_server(server: Server, args, prompts: list[str]) -> dict:
             "stream_options": {"include_usage": True}}
     if args.ignore_eos:
         body["ignore_eos"] = True
-    levels, texts = [], {}
+    levels, texts, load_start = [], {}, os.getloadavg()[0]
     for c in args.concurrency:
         per_client = max(args.requests_per_client, math.ceil(args.min_requests / c))
         if args.warmup:  # untimed: first-use work (lazy init, per-batch-size choices) at this size
@@ -328,6 +328,7 @@ def bench_server(server: Server, args, prompts: list[str]) -> dict:
               + (f", {level.errors} errors: {level.first_errors}" if level.errors else ""), flush=True)
     return {"label": server.label, "command": shlex.join(server.command) if server.command else None,
             "url": server.url, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "loadavg": [round(load_start, 2), round(os.getloadavg()[0], 2)],
             "levels": [asdict(lv) for lv in levels], "texts": texts}
 
 
@@ -535,7 +536,8 @@ def main() -> None:
            f"{', ignore_eos' if args.ignore_eos else ''}; C clients each send "
            f"max({args.requests_per_client}, {args.min_requests}/C) requests back to back"
            f"{' after an untimed warm-up round' if args.warmup else ''}\n"
-           + "".join(f"- {r['label']}: `{r['command'] or r['url']}`\n" for r in runs))
+           + "".join(f"- {r['label']}: `{r['command'] or r['url']}` (load average "
+                     f"{r['loadavg'][0]:.2f} before, {r['loadavg'][1]:.2f} after)\n" for r in runs))
     report = table(runs) + ratios(runs)
     report += "\n" + agreement(runs)
     if runs:
