@@ -536,8 +536,9 @@ def main() -> None:
            f"{', ignore_eos' if args.ignore_eos else ''}; C clients each send "
            f"max({args.requests_per_client}, {args.min_requests}/C) requests back to back"
            f"{' after an untimed warm-up round' if args.warmup else ''}\n"
-           + "".join(f"- {r['label']}: `{r['command'] or r['url']}` (load average "
-                     f"{r['loadavg'][0]:.2f} before, {r['loadavg'][1]:.2f} after)\n" for r in runs))
+           + "".join(f"- {r['label']}: `{r['command'] or r['url']}`"
+                     + (" (load average {:.2f} before, {:.2f} after)".format(*r["loadavg"])
+                        if "loadavg" in r else "") + "\n" for r in runs))
     report = table(runs) + ratios(runs)
     report += "\n" + agreement(runs)
     if runs:
