@@ -37,8 +37,12 @@ chunk). Reported per level:
   JSON;
 - aggregate tokens/s: all generated tokens / (last response end - first request start).
 
-Prints a markdown table, writes ``--json`` and a plot of tokens/s against concurrency
-(``--plot``); ``--save`` appends a dated section to RESULTS.md with the ratios the serving issue
+Prints a markdown table, writes ``--json`` (each server's latest run, with its date, setup,
+machine and greedy texts; ``--reuse`` adds the file's other servers to the report, and
+``--servers "" --reuse`` re-renders it without running anything) and a plot of tokens/s and
+TTFT against concurrency (``--plot``); the load average before and after each server is
+recorded (it counts the server's own busy threads: 16 for the thread-per-request baseline at 16
+clients). ``--save`` appends a dated section to RESULTS.md with the ratios the serving issue
 sets targets for: lmforge / transformers baseline aggregate tokens/s at each concurrency (the
 faster hf dtype where both ran; target >= 3x at 16 clients) and lmforge at the highest
 concurrency / lmforge at 1 client (target >= 4x at 16).
@@ -305,6 +309,22 @@ async def run_level(url: str, prompts: list[str], concurrency: int, per_client: 
     return level, results
 
 
+def setup(args) -> dict:
+    """The load's settings (runs reused from --json with other settings are flagged)."""
+    return {"model": Path(args.model).name, "max_tokens": args.max_tokens,
+            "prompt_chars": args.prompt_chars, "requests_per_client": args.requests_per_client,
+            "min_requests": args.min_requests, "ignore_eos": args.ignore_eos,
+            "warmup": args.warmup}
+
+
+def short(command: str | None, args) -> str | None:
+    """A run's command as a reader would type it (python, the model's file name)."""
+    if command is None:
+        return None
+    return (command.replace(sys.executable, "python").replace(str(args.model), args.model.name)
+            .replace(str(HERE) + "/", "benchmarks/"))
+
+
 def bench_server(server: Server, args, prompts: list[str]) -> dict:
     body = {"max_tokens": args.max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
@@ -329,13 +349,14 @@ def bench_server(server: Server, args, prompts: list[str]) -> dict:
     return {"label": server.label, "command": shlex.join(server.command) if server.command else None,
             "url": server.url, "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "loadavg": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+            "setup": setup(args),
             "levels": [asdict(lv) for lv in levels], "texts": texts}
 
 
 # ---------------------------------------------------------------------------- report
 
 
-def machine() -> dict:
+def machine(src: Path) -> dict:
     info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
     try:
         lscpu = subprocess.run(["lscpu"], check=False, capture_output=True, text=True, timeout=10).stdout
@@ -350,8 +371,8 @@ def machine() -> dict:
         pass
     info["loadavg_start"] = os.getloadavg()[0]
     try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=False,
-                                        capture_output=True, text=True).stdout.strip()
+        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=src, check=False,
+                                        capture_output=True, text=True).stdout.strip() or "?"
     except OSError:
         pass
     return info
@@ -481,7 +502,9 @@ def main() -> None:
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.model = (args.model or default_gguf()).resolve()
 
-    info = machine()
+    info = machine(args.lmforge_src)
+    if args.lmforge_src.resolve() != (ROOT / "src").resolve():
+        info["commit"] += f" ({args.lmforge_src})"
     n_prompts = max(c * max(args.requests_per_client, math.ceil(args.min_requests / c))
                     for c in args.concurrency)
     prompts = shakespeare_prompts(n_prompts, args.prompt_chars)
@@ -496,7 +519,7 @@ def main() -> None:
         for server in servers:
             try:
                 server.start(args.start_timeout)
-                runs.append(bench_server(server, args, prompts))
+                runs.append(dict(bench_server(server, args, prompts), machine=info))
             finally:
                 server.stop()
     finally:
@@ -505,16 +528,13 @@ def main() -> None:
 
     old = json.loads(args.json.read_text()) if args.json.is_file() else {}
     old_runs = old.get("runs", {}) if isinstance(old.get("runs"), dict) else {}
+    if runs:  # each run keeps its own machine, setup and date; the file holds every label's latest
+        args.json.write_text(json.dumps({"runs": {**old_runs, **{r["label"]: r for r in runs}}},
+                                        indent=1, default=str) + "\n")
+        print(f"wrote {args.json}")
     if args.reuse:
         now = {r["label"] for r in runs}
         runs = [r for k, r in old_runs.items() if k not in now] + runs
-    setup = {k: getattr(args, k) for k in ("max_tokens", "prompt_chars", "requests_per_client",
-                                           "min_requests", "ignore_eos", "warmup")}
-    setup["model"] = str(args.model)
-    args.json.write_text(json.dumps({"machine": info, "setup": setup,
-                                     "runs": {**old_runs, **{r["label"]: r for r in runs}}},
-                                    indent=1, default=str) + "\n")
-    print(f"wrote {args.json}")
     title = (f"{args.model.name}, {args.max_tokens} new tokens/request, greedy; "
              f"{info['cpu']}, {info['cores']} cores")
     if runs:
@@ -536,9 +556,14 @@ def main() -> None:
            f"{', ignore_eos' if args.ignore_eos else ''}; C clients each send "
            f"max({args.requests_per_client}, {args.min_requests}/C) requests back to back"
            f"{' after an untimed warm-up round' if args.warmup else ''}\n"
-           + "".join(f"- {r['label']}: `{r['command'] or r['url']}`"
+           + "".join(f"- {r['label']}: `{short(r['command'], args) or r['url']}`"
                      + (" (load average {:.2f} before, {:.2f} after)".format(*r["loadavg"])
-                        if "loadavg" in r else "") + "\n" for r in runs))
+                        if "loadavg" in r else "")
+                     + (f", measured {r['date']} with other settings: {r.get('setup')}"
+                        if r.get("setup") != setup(args) else "")
+                     + (f", lmforge {r['machine'].get('commit')}" if r.get("machine", {}).get(
+                         "commit", info.get("commit")) != info.get("commit") else "")
+                     + "\n" for r in runs))
     report = table(runs) + ratios(runs)
     report += "\n" + agreement(runs)
     if runs:
