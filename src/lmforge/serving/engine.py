@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..generation import generate_tokens
-from ..generation.sampling import left_pad, positions_from_mask
+from ..generation.steps import left_pad, positions_from_mask
 
 log = logging.getLogger(__name__)
 
