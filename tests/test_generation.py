@@ -244,9 +244,9 @@ def test_auto_generates_as_the_dtype_it_measured_faster(faster, monkeypatch):
     from lmforge.generation import precision
     timed = []
 
-    def fake_seconds(model, batch_size):
+    def fake_seconds(models, batch_size):
         timed.append(batch_size)
-        return 1.0 if precision.model_dtype(model) == precision.DTYPES[faster] else 2.0
+        return [1.0 if precision.model_dtype(m) == precision.DTYPES[faster] else 2.0 for m in models]
 
     monkeypatch.setattr(precision, "AUTO_MIN_PARAMETERS", 0)  # time even a tiny model
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
@@ -256,11 +256,19 @@ def test_auto_generates_as_the_dtype_it_measured_faster(faster, monkeypatch):
     assert precision.inference_dtype(model, "auto", len(PROMPTS)) == precision.DTYPES[faster]
     auto = generate(model, PROMPTS, 12, greedy=True)  # the default precision is "auto"
     assert auto == generate(model, PROMPTS, 12, greedy=True, precision=faster)
-    rounds = [4] * 2 * precision.TIMING_ROUNDS  # both dtypes, alternated, at the batch
-    assert timed == rounds  # rounded up to a power of two, and only on the first call
+    assert timed == [4]  # timed on the first call only, at the batch rounded up to a power of 2
     generate(model, PROMPTS[:2], 3)
     generate_text(model, char_tokenizer(), ["ab", "cd", "ef", "gh"], 3)
-    assert timed == rounds + [2] * len(rounds)  # batch 2 measured once more; batch 4 remembered
+    assert timed == [4, 2]  # batch 2 timed once more; batch 4 remembered
+
+
+def test_auto_keeps_fp32_when_bf16_is_barely_faster(monkeypatch):
+    from lmforge.generation import precision
+    monkeypatch.setattr(precision, "AUTO_MIN_PARAMETERS", 0)
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(precision, "_CHOICES", {})
+    monkeypatch.setattr(precision, "decode_seconds", lambda models, batch: [1.0, 0.99])
+    assert precision.inference_dtype(tiny_model(LLAMA_STYLE), "auto") == torch.float32
 
 
 def test_auto_measures_real_decoding_steps_once(monkeypatch):

@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 
 import torch
 
@@ -36,7 +37,9 @@ PRECISIONS = ("auto", *DTYPES)
 # fp32 vs 34 ms in bf16; gpt-10m 5.6 vs 15 ms; bf16 only pays from SmolLM2-135M's size up).
 AUTO_MIN_PARAMETERS = 50_000_000
 MAX_MEASURED_BATCH = 64
-TIMING_ROUNDS = 2
+# bf16 must beat fp32 by this factor to be chosen: near a tie, fp32's exactness (transformers'
+# fp32 output) is worth more than a few percent.
+BF16_MIN_GAIN = 1.05
 
 _LOCK = threading.RLock()  # a server may generate from several threads
 _CASTS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -86,27 +89,34 @@ def measured_batch(batch_size: int) -> int:
 
 
 @torch.inference_mode()
-def decode_seconds(model: torch.nn.Module, batch_size: int, steps: int = 4,
-                   prompt_len: int = 32) -> float:
-    """Best time of one cached one-token step of ``model`` at ``batch_size``, after a
-    ``prompt_len``-token prompt (random ids), through the same step generation runs."""
-    cfg = model.config
-    device = next(model.parameters()).device
-    if not model.recurrent:
+def decode_seconds(models: Sequence[torch.nn.Module], batch_size: int, steps: int = 8,
+                   prompt_len: int = 32) -> list[float]:
+    """Best time of one cached one-token step of each of ``models`` (the same model in several
+    dtypes) at ``batch_size``, after a ``prompt_len``-token prompt of random ids, through the
+    step generation runs. The models take their steps in turn, so a burst of other work on a
+    shared machine slows them alike instead of tipping the comparison."""
+    first = models[0]
+    cfg = first.config
+    device = next(first.parameters()).device
+    if not first.recurrent:
         prompt_len = max(1, min(prompt_len, cfg.context_length - steps - 2))
     rng = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, cfg.vocab_size, (batch_size, prompt_len), generator=rng).tolist()
-    step = make_step(model, prompts, prompt_len + steps + 2)
-    tokens = start_tokens(model, batch_size, PAD_ID)  # any start token times the same
-    logits = step(tokens)
-    best = float("inf")
+    runs = []
+    for model in models:
+        step = make_step(model, prompts, prompt_len + steps + 2)
+        tokens = start_tokens(model, batch_size, PAD_ID)  # any start token times the same
+        runs.append([step, tokens, step(tokens)])
+    best = [float("inf")] * len(models)
     for _ in range(steps):
-        tokens = torch.cat([tokens, logits.argmax(dim=-1, keepdim=True)], dim=1)
-        t0 = time.perf_counter()
-        logits = step(tokens)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
+        for i, run in enumerate(runs):
+            step, tokens, logits = run
+            run[1] = tokens = torch.cat([tokens, logits.argmax(dim=-1, keepdim=True)], dim=1)
+            t0 = time.perf_counter()
+            run[2] = step(tokens)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best[i] = min(best[i], time.perf_counter() - t0)
     return best
 
 
@@ -149,19 +159,17 @@ def inference_dtype(model: torch.nn.Module, precision: str = "auto",
 
 
 def _faster_dtype(model: torch.nn.Module, batch: int) -> torch.dtype:
-    """fp32 or bf16, whichever decodes ``batch`` rows faster (fp32 if timing fails)."""
-    timings = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
+    """bf16 if it decodes ``batch`` rows faster than fp32 by :data:`BF16_MIN_GAIN`, else fp32
+    (also when timing fails)."""
     try:
-        for _ in range(TIMING_ROUNDS):  # alternated, so a burst of other work hits both alike
-            for dtype in timings:
-                timings[dtype] = min(timings[dtype], decode_seconds(cast_copy(model, dtype), batch))
+        fp32, bf16 = decode_seconds([cast_copy(model, torch.float32),
+                                     cast_copy(model, torch.bfloat16)], batch)
     except Exception as exc:  # a model this timing does not fit: no speed guess, full precision
         log.debug("precision auto: timing failed (%s); fp32", exc)
         return torch.float32
-    choice = min(timings, key=timings.get)
+    choice = torch.bfloat16 if fp32 > bf16 * BF16_MIN_GAIN else torch.float32
     log.info("precision auto: %s (one decoding step at batch %d: fp32 %.1f ms, bf16 %.1f ms)",
-             str(choice).removeprefix("torch."), batch, timings[torch.float32] * 1e3,
-             timings[torch.bfloat16] * 1e3)
+             str(choice).removeprefix("torch."), batch, fp32 * 1e3, bf16 * 1e3)
     if choice == torch.float32:
         _CASTS.get(model, {}).pop(torch.bfloat16, None)  # the unused copy frees its memory
     return choice
