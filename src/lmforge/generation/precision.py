@@ -33,8 +33,10 @@ log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISIONS = ("auto", *DTYPES)
 # Below this many weights "auto" keeps fp32 without timing: small matrices gain nothing from
-# bf16 on a CPU (measured on an AMX Xeon, one decoding step: gpt-mini, 3.7M weights, 1.8 ms in
-# fp32 vs 34 ms in bf16; gpt-10m 5.6 vs 15 ms; bf16 only pays from SmolLM2-135M's size up).
+# bf16 on a CPU (one decoding step on the 2-core AMX Xeon, load 1.0, fp32 vs bf16: gpt-mini 3.7M
+# 2.1 vs 3.5 ms at batch 8; gpt-10m 2.8 vs 5.7 ms at batch 1, 6.1 vs 6.3 at batch 8; an 18M
+# llama 7.6 vs 10.9 / 10.8 vs 13.1 ms; bf16 starts to pay near 80M: a 6-layer GPT-2 of 82M,
+# 39 vs 22 ms at batch 1; SmolLM2-135M 36 vs 46 ms at batch 1, 72 vs 40 ms at batch 8).
 AUTO_MIN_PARAMETERS = 50_000_000
 MAX_MEASURED_BATCH = 64
 # bf16 must beat fp32 by this factor to be chosen: near a tie, fp32's exactness (transformers'
