@@ -333,41 +333,17 @@ def create_app(served: ServedModel, options: ServeOptions | None = None,
                                  "finish_reason": c.finish_reason} for c in request.choices],
                     "usage": request.usage(prompt_tokens)}
 
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        offsets = {c.index: len(echo.get(c.index, "")) for c in request.choices}
 
-        def chunk(index, text, logprobs=None, finish=None):
-            out = {"id": rid, "object": "text_completion", "created": now, "model": served.name,
-                   "choices": [{"index": index, "text": text, "logprobs": logprobs,
-                                "finish_reason": finish}]}
-            if include_usage:
-                out["usage"] = None
-            return out
+        def piece(choice, text, items):
+            lp = logprobs_of(choice, items, offsets[choice.index])
+            offsets[choice.index] += sum(len(t) for t in lp["tokens"]) if lp else 0
+            return {"text": text}, lp
 
-        async def events():
-            try:
-                offsets = {c.index: len(echo.get(c.index, "")) for c in request.choices}
-                for index, text in echo.items():
-                    yield sse(chunk(index, text))
-                async for choice, text, items in request.updates():
-                    lp = logprobs_of(choice, items, offsets[choice.index])
-                    offsets[choice.index] += sum(len(t) for t in lp["tokens"]) if lp else 0
-                    if text or items:
-                        yield sse(chunk(choice.index, text, lp))
-                    if choice.done:
-                        yield sse(chunk(choice.index, "", None, choice.finish_reason))
-                for choice in request.choices:  # finished before any event (max_tokens 0)
-                    if not choice.tokens and choice.finish_reason == "length" and max_tokens == 0:
-                        yield sse(chunk(choice.index, "", None, "length"))
-                finish_metrics(request)
-                if include_usage:
-                    yield sse({"id": rid, "object": "text_completion", "created": now,
-                               "model": served.name, "choices": [],
-                               "usage": request.usage(prompt_tokens)})
-            except APIError as err:
-                yield sse(err.body())
-            yield sse("[DONE]")
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        head = {"id": rid, "object": "text_completion", "created": now, "model": served.name}
+        return stream_response(request, head, body.stream_options, prompt_tokens,
+                               [(i, {"text": t}) for i, t in echo.items()], piece, {"text": ""},
+                               finish_metrics)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, http: HTTPRequest):
@@ -396,39 +372,13 @@ def create_app(served: ServedModel, options: ServeOptions | None = None,
                                  "finish_reason": c.finish_reason} for c in request.choices],
                     "usage": request.usage(len(prompt))}
 
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-
-        def chunk(index, delta, logprobs=None, finish=None):
-            out = {"id": rid, "object": "chat.completion.chunk", "created": now,
-                   "model": served.name, "system_fingerprint": None,
-                   "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
-                                "finish_reason": finish}]}
-            if include_usage:
-                out["usage"] = None
-            return out
-
-        async def events():
-            try:
-                for choice in request.choices:
-                    yield sse(chunk(choice.index, {"role": "assistant", "content": ""}))
-                async for choice, text, items in request.updates():
-                    if text or items:
-                        yield sse(chunk(choice.index, {"content": text}, logprobs_of(items)))
-                    if choice.done:
-                        yield sse(chunk(choice.index, {}, None, choice.finish_reason))
-                if max_tokens == 0:
-                    for choice in request.choices:
-                        yield sse(chunk(choice.index, {}, None, "length"))
-                finish_metrics(request)
-                if include_usage:
-                    yield sse({"id": rid, "object": "chat.completion.chunk", "created": now,
-                               "model": served.name, "system_fingerprint": None, "choices": [],
-                               "usage": request.usage(len(prompt))})
-            except APIError as err:
-                yield sse(err.body())
-            yield sse("[DONE]")
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        head = {"id": rid, "object": "chat.completion.chunk", "created": now,
+                "model": served.name, "system_fingerprint": None}
+        return stream_response(
+            request, head, body.stream_options, len(prompt),
+            [(c.index, {"delta": {"role": "assistant", "content": ""}}) for c in request.choices],
+            lambda choice, text, items: ({"delta": {"content": text}}, logprobs_of(items)),
+            {"delta": {}}, finish_metrics)
 
     # ---- embeddings and task endpoints (one call at a time, off the event loop) ----------
     async def aux(fn, *args, **kwargs):
@@ -498,6 +448,49 @@ def create_app(served: ServedModel, options: ServeOptions | None = None,
 
     app.state.served, app.state.options, app.state.metrics = served, options, metrics
     return app
+
+
+def stream_response(request: Request, head: dict, stream_options, prompt_tokens: int,
+                    openings: list[tuple[int, dict]], piece, closing: dict,
+                    on_finish) -> StreamingResponse:
+    """Server-sent events in OpenAI's chunk format, for completions and chat alike: ``head``
+    (id, object, created, model...) on every chunk; ``openings`` (index, body) first; then each
+    update's ``piece(choice, text, logprobs) -> (body, logprobs)``; a ``closing`` body with the
+    choice's finish_reason once it is done (also for choices done before any update); the usage
+    chunk when ``stream_options.include_usage``; ``[DONE]``. An APIError mid-stream is sent as
+    an error event."""
+    include_usage = bool(stream_options and stream_options.include_usage)
+
+    def chunk(index, body, logprobs=None, finish=None):
+        out = {**head, "choices": [{"index": index, **body, "logprobs": logprobs,
+                                    "finish_reason": finish}]}
+        if include_usage:
+            out["usage"] = None
+        return out
+
+    async def events():
+        try:
+            for index, body in openings:
+                yield sse(chunk(index, body))
+            closed = set()
+            async for choice, text, items in request.updates():
+                if text or items:
+                    body, logprobs = piece(choice, text, items)
+                    yield sse(chunk(choice.index, body, logprobs))
+                if choice.done:
+                    closed.add(choice.index)
+                    yield sse(chunk(choice.index, closing, None, choice.finish_reason))
+            for choice in request.choices:  # finished before any update (max_tokens 0)
+                if choice.index not in closed:
+                    yield sse(chunk(choice.index, closing, None, choice.finish_reason))
+            on_finish(request)
+            if include_usage:
+                yield sse({**head, "choices": [], "usage": request.usage(prompt_tokens)})
+        except APIError as err:
+            yield sse(err.body())
+        yield sse("[DONE]")
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
 
 
 def _per_mask(result) -> list:
