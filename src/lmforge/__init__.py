@@ -11,7 +11,7 @@ The public API, on which the `lmforge` CLI is built::
     lmforge.score_text(model, tok, "To be, or not to be").perplexity
 
 Each command has its function, with the command's defaults (`lmforge.finetune`, `predict`,
-`evaluate`, `embed`, `convert`, `plan`: see :mod:`lmforge.api`), and ``lmforge.pipeline(task,
+`evaluate`, `embed`, `convert`, `compress`, `plan`: see :mod:`lmforge.api`), and ``lmforge.pipeline(task,
 model=...)`` gives transformers-style pipelines (see :mod:`lmforge.pipelines`).
 """
 
@@ -28,7 +28,7 @@ _EXPORTS = {
     "score_text": ".evaluation.scoring",
     "GPT": ".models", "PRESETS": ".models", "ModelConfig": ".models", "from_pretrained": ".hub",
     "preset": ".models", "save_pretrained": ".api",
-    "convert": ".api", "embed": ".api", "evaluate": ".api", "finetune": ".api", "plan": ".api",
+    "compress": ".api", "convert": ".api", "embed": ".api", "evaluate": ".api", "finetune": ".api", "plan": ".api",
     "predict": ".api", "pipeline": ".pipelines",
     "load_tokenizer": ".tokenization", "save_tokenizer": ".tokenization",
     "train_tokenizer": ".tokenization",

@@ -27,7 +27,7 @@ from .errors import ConfigError, DataError
 from .interop.model_folder import save_pretrained
 from .runtime import INFERENCE_PRECISION
 
-__all__ = ["convert", "embed", "evaluate", "finetune", "plan", "predict", "save_pretrained"]
+__all__ = ["compress", "convert", "embed", "evaluate", "finetune", "plan", "predict", "save_pretrained"]
 
 # Precision of the scoring and analysis functions, their commands' --precision default: fp32 makes
 # scores equal to fp32 transformers'; "auto" (bf16 autocast where fast) for speed. Generation
@@ -181,6 +181,24 @@ def convert_model(src: str | Path, out: str | Path, *, to: str | None = None,
     else:
         save_pretrained(model.to(torch_dtype), out, tokenizer, tokenizer_config=tok_cfg)
     return out, to, model
+
+
+def compress(model: str | Path, methods: str | Sequence[str] = "int8,int4", *,
+             out: str | Path = "runs/compress", eval_data: str | Path | None = None,
+             overwrite: bool = False, device: str = "auto", precision: str = PRECISION,
+             **options) -> dict:
+    """Compressed variants of ``model`` (a path) measured side by side (as `lmforge compress`):
+    ``methods`` such as "int8,int4,wanda50,heads25,wanda50+int8,model:runs/student";
+    ``options`` are :class:`~lmforge.compression.report.CompressOptions` fields (calibration,
+    eval_tokens, group_size, ...). Returns the report: ``{"rows": [{"name", "size_mb",
+    "parameters", "metrics", "pareto", "folder", ...}], ...}``; writes OUT/report.md,
+    OUT/report.json, OUT/pareto.png and OUT/variants/NAME/."""
+    from .compression.report import compress as run
+    if not isinstance(methods, str):
+        methods = ",".join(methods)
+    return run(model, {"methods": methods, "eval_data": None if eval_data is None else str(eval_data),
+                       "device": device, "precision": precision, **options},
+               out=out, overwrite=overwrite, log_fn=lambda _: None)
 
 
 def plan(model: str = "gpt2", **fields) -> dict:

@@ -32,6 +32,7 @@ COMMANDS = {
     "compare": ("compare_cmd", "n-gram vs LSTM vs Transformer perplexity on one dataset"),
     "plot": ("plot_cmd", "draw a run's train/validation loss curve as PNG"),
     "convert": ("convert_cmd", "convert models between lmforge, Hugging Face and GGUF"),
+    "compress": ("compress_cmd", "quantize / prune a model and compare size, speed and quality"),
     "finetune": ("finetune_cmd", "fine-tune a pretrained model on a labeled task"),
     "predict": ("predict_cmd", "predict with a fine-tuned model, file or stdin -> JSONL"),
     "evaluate": ("evaluate_cmd", "metrics of a fine-tuned model on a labeled file"),

@@ -1,0 +1,91 @@
+"""`lmforge compress`: method specs, the Pareto frontier, and the report end to end on tiny
+models (quantized, pruned and external variants measured side by side)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lmforge.compression.methods import parse_methods
+from lmforge.compression.report import format_table, pareto
+from lmforge.errors import ConfigError
+
+
+def test_method_specs_parse_into_steps():
+    methods = parse_methods("int8, int4-g64,wanda50+int8,magnitude-2:4,heads25-ffn50,model:runs/s")
+    assert [m.name for m in methods] == ["int8", "int4-g64", "wanda50+int8", "magnitude-2:4",
+                                         "heads25-ffn50", "model:runs/s"]
+    assert methods[1].steps[0].options == {"method": "int4", "group_size": 64}
+    assert [s.kind for s in methods[2].steps] == ["unstructured", "quantize"]
+    assert methods[2].steps[0].options == {"method": "wanda", "sparsity": 0.5, "pattern": None}
+    assert methods[2].steps[0].needs_calibration and not methods[3].steps[0].needs_calibration
+    assert methods[3].steps[0].options["pattern"] == "2:4"
+    assert methods[4].steps[0].options == {"heads": 0.25, "ffn": 0.5}
+    assert str(methods[5].external) == "runs/s" and methods[2].folder_name == "wanda50+int8"
+    assert parse_methods("int4", group_size=32)[0].steps[0].options["group_size"] == 32
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("int3", "unknown compress method 'int3'"),
+    ("int4-g48", "group size must be one of 32, 64, 128"),
+    ("wanda100", "between 1 and 99 percent"),
+    ("int8+wanda50", "quantization must be the last step"),
+    ("int8,int8", "given twice"),
+    ("model:", "needs a model folder"),
+    (" , ", "no compress methods"),
+])
+def test_bad_method_specs_are_refused_in_one_line(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_methods(spec)
+
+
+def _row(name, size, speed, ppl):
+    return {"name": name, "size_mb": size, "metrics": {"perplexity": ppl, "decode_tok_s": speed,
+                                                       "prefill_tok_s": 1.0},
+            "parameters": 10, "nonzero": 10}
+
+
+def test_pareto_keeps_exactly_the_rows_nothing_beats():
+    rows = [_row("original", 100, 10, 20.0), _row("int8", 50, 18, 20.1),
+            _row("worse-int8", 50, 17, 20.5),        # int8 is smaller-or-equal, faster, better
+            _row("int4", 30, 25, 21.0), _row("tiny-bad", 20, 5, 90.0)]
+    assert pareto(rows) == ["original", "int8", "int4", "tiny-bad"]
+    table = format_table({"rows": [{**r, "pareto": r["name"] in pareto(rows)} for r in rows],
+                          "kind": "lm"})
+    lines = table.splitlines()
+    assert lines[0].startswith("| variant | size MB | x smaller")
+    assert "| int8 | 50.0 | 2.00 |" in lines[3] and lines[3].endswith("| +0.50% | * |")
+    assert lines[4].endswith("| +2.50% |  |")  # worse-int8: not on the frontier
+
+
+def test_compress_report_with_an_external_variant(tiny_models, tmp_path):
+    """The original and a model compressed elsewhere (model:PATH) are measured the same way:
+    the same model twice gives the same perplexity, and the files are all written."""
+    import lmforge
+    gpt = tiny_models / "gpt"
+    text = tiny_models / "corpus.txt"
+    out = tmp_path / "report"
+    result = lmforge.compress(gpt, [f"model:{gpt}"], out=out, eval_data=text, eval_tokens=256,
+                              prompt_tokens=64, new_tokens=8, repeats=1)
+    original, external = result["rows"]
+    assert original["metrics"]["perplexity"] == pytest.approx(external["metrics"]["perplexity"])
+    assert original["metrics"]["eval_tokens"] == 256
+    assert original["parameters"] == external["parameters"] > 0
+    assert original["size_mb"] == pytest.approx(external["size_mb"], rel=0.01)
+    assert (out / "report.md").read_text().count("\n") == 4
+    assert json.loads((out / "report.json").read_text())["rows"][1]["folder"] == str(gpt)
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "variants" / "original" / "model.safetensors").is_file()
+    with pytest.raises(ConfigError, match="already exists"):
+        lmforge.compress(gpt, [f"model:{gpt}"], out=out, eval_data=text)
+
+
+def test_compress_cli_refuses_bad_input_in_one_line(tiny_models, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "lmforge", "compress", str(tiny_models / "gpt"),
+                          "--methods", "int3", "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "unknown compress method 'int3'" in run.stderr and not (tmp_path / "x").exists()
