@@ -294,3 +294,11 @@ def test_recovery_finetune_of_a_pruned_task_model(tiny_models, tmp_path):
     assert result["step"] == 40 and result["val_accuracy"] >= 0.9  # good vs bad is learnable
     changed = [k for k, v in trained.state_dict().items() if not torch.equal(v, before[k])]
     assert changed
+
+
+def test_semi_structured_kernels_are_refused_off_cuda():
+    from lmforge.compression.unstructured import to_semi_structured
+    model = llama()
+    prune_unstructured(model, pattern="2:4")
+    with pytest.raises(ConfigError, match="only on CUDA"):
+        to_semi_structured(model)
