@@ -302,3 +302,22 @@ def test_semi_structured_kernels_are_refused_off_cuda():
     prune_unstructured(model, pattern="2:4")
     with pytest.raises(ConfigError, match="only on CUDA"):
         to_semi_structured(model)
+
+
+def test_variant_names():
+    from lmforge.compression.prune_methods import needs_calibration, prune_by_name, prune_spec
+    assert prune_spec("prune50") == ("unstructured", {"method": "magnitude", "sparsity": 0.5})
+    assert prune_spec("wanda60") == ("unstructured", {"method": "wanda", "sparsity": 0.6})
+    assert prune_spec("2:4") == ("unstructured", {"method": "magnitude", "pattern": "2:4"})
+    assert prune_spec("wanda2:4") == ("unstructured", {"method": "wanda", "pattern": "2:4"})
+    assert prune_spec("heads25") == ("structured", {"heads": 0.25, "ffn": 0.0, "importance": "taylor"})
+    assert prune_spec("heads50-ffn25@magnitude") == ("structured", {"heads": 0.5, "ffn": 0.25,
+                                                                     "importance": "magnitude"})
+    assert needs_calibration("wanda50") and not needs_calibration("prune50")
+    assert not needs_calibration("ffn25@magnitude")
+    for bad in ("int8", "heads", "heads25@random", "prune"):
+        with pytest.raises(ConfigError):
+            prune_spec(bad)
+    model = llama()
+    report = prune_by_name(model, "ffn50@magnitude")
+    assert model.config.intermediate_size == 32 and report.method == "structured-magnitude"
