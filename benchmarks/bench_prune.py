@@ -177,15 +177,20 @@ def main() -> None:
     ap.add_argument("--skip-encoder", action="store_true", help="skip the MiniLM structured table")
     ap.add_argument("--recovery-steps", type=int, default=0,
                     help="recovery fine-tune steps (default 100 with --quick, else 300)")
+    ap.add_argument("--recover-all", action="store_true",
+                    help="recovery fine-tune of every pruned variant (default: 25%/25% and 50%/50%)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.recovery_steps = args.recovery_steps or (100 if args.quick else 300)
-    args.recover_for = {(0.5, 0.5)} if args.quick else {(0.25, 0.25), (0.5, 0), (0, 0.5), (0.5, 0.5), (0.25, 0.5), (0.5, 0.25)}
+    args.recover_for = {(0.5, 0.5)} if args.quick else {(0.25, 0.25), (0.5, 0.5)}
+    if args.recover_all:
+        args.recover_for = {(h, f) for h in (0.25, 0.5) for f in (0, 0.25, 0.5)} | {(0, 0.25), (0, 0.5)}
     result = {"cpu": cpu_model(), "threads": args.threads, "quick": args.quick,
               "torch": torch.__version__}
     if not args.skip_lm:
         result["smollm2_wikitext2"] = lm_rows(args)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")  # kept if later parts fail
         print("\n" + lm_table(result["smollm2_wikitext2"]))
     if not args.skip_encoder:
         result["minilm_sst2_structured"] = encoder_rows(args)
