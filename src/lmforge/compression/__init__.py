@@ -1,3 +1,4 @@
-"""Making models smaller and faster: quantization, pruning, and the `lmforge compress` report
-that measures every variant side by side (distillation trains through the engine: see
-:mod:`lmforge.objectives` and `lmforge distill`)."""
+"""Making models smaller and faster: quantization (``quantize``), pruning (``unstructured``,
+``structured``, with the calibration data they share in ``calibration``), and the
+`lmforge compress` report that measures every variant side by side (``report``). Distillation
+trains through the engine: see `lmforge distill`."""
