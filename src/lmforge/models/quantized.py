@@ -117,8 +117,8 @@ class Int8Linear(QuantizedLinear):
         compute = torch.bfloat16 if _fast_bf16(x.device) else torch.float32
         if x.device.type == "cpu" and compute == torch.bfloat16 and rows <= KERNEL_MAX_ROWS:
             scale = self._cached("scale", lambda: self.scale.to(torch.bfloat16))
-            y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).to(compute),
-                                                   self.qweight, scale)
+            y = torch.ops.aten._weight_int8pack_mm(
+                x.reshape(-1, self.in_features).to(compute).contiguous(), self.qweight, scale)
             return self._out(y.view(*x.shape[:-1], self.out_features), dtype)
         compute = dtype if x.device.type == "cuda" else compute
         return self._out(F.linear(x.to(compute), self.dequantize(compute)), dtype)
@@ -213,6 +213,7 @@ class Int4Linear(QuantizedLinear):
         x = x.to(torch.bfloat16)
         if self.padded_in != self.in_features:
             x = F.pad(x, (0, self.padded_in - self.in_features))
+        x = x.contiguous()
         if x.device.type == "cpu":
             return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed[0], self.group_size, packed[1])
         return torch.ops.aten._weight_int4pack_mm(x, packed[0], self.group_size, packed[1])
@@ -298,3 +299,19 @@ def check_method(method: str, group_size: int) -> None:
         raise ConfigError(f"quantization method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "int4" and group_size not in GROUP_SIZES:
         raise ConfigError(f"int4 group size must be one of {', '.join(map(str, GROUP_SIZES))}, got {group_size}")
+
+
+def dequantized_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's saved state with every quantized layer as a float32 ``weight`` (+ ``bias``)
+    again, under the names of the float model (for exporters that re-encode weights, as GGUF)."""
+    state = model.state_for_save()
+    prefixes = {}  # module name -> the name its tensors carry in the saved state
+    for name, module in model.named_modules():
+        if isinstance(module, QuantizedLinear):
+            prefixes[name] = module
+    for name, module in prefixes.items():
+        key = name.removeprefix("backbone.")  # a task model saves its backbone's names
+        for suffix in ("qweight", "scale", "scales", "zeros"):
+            state.pop(f"{key}.{suffix}", None)
+        state[f"{key}.weight"] = module.dequantize(torch.float32)
+    return state
