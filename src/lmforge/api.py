@@ -33,7 +33,7 @@ __all__ = ["compress", "convert", "embed", "evaluate", "finetune", "plan", "pred
 # scores equal to fp32 transformers'; "auto" (bf16 autocast where fast) for speed. Generation
 # defaults to runtime.GENERATION_PRECISION ("auto": weights cast once to the faster dtype).
 PRECISION = INFERENCE_PRECISION
-CONVERT_DTYPES = ("f32", "f16", "bf16", "q8_0")
+CONVERT_DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 
 
 def load(model: str | Path | torch.nn.Module, tokenizer: str | Path | Tokenizer | None = None,
@@ -140,8 +140,8 @@ def convert(src: str | Path, out: str | Path, *, to: str | None = None, dtype: s
             architecture: str | None = None, overwrite: bool = False) -> Path:
     """Convert a model between formats (as `lmforge convert`): ``to`` is "lmforge", "hf" or
     "gguf" (default: gguf when ``out`` ends in .gguf, else hf for an lmforge source and lmforge
-    for a Hugging Face folder or .gguf); ``dtype`` f32 (default; gguf: f16), f16, bf16, q8_0
-    (gguf only); ``architecture`` the Hugging Face class recorded for an encoder. Returns ``out``."""
+    for a Hugging Face folder or .gguf); ``dtype`` f32 (default; gguf: f16), f16, bf16, q8_0,
+    q4_0 (gguf only); ``architecture`` the Hugging Face class recorded for an encoder. Returns ``out``."""
     return convert_model(src, out, to=to, dtype=dtype, architecture=architecture,
                          overwrite=overwrite)[0]
 
@@ -163,8 +163,8 @@ def convert_model(src: str | Path, out: str | Path, *, to: str | None = None,
         raise ConfigError(f"dtype must be one of {', '.join(CONVERT_DTYPES)}, got {dtype!r}")
     if out.exists() and not overwrite:
         raise ConfigError(f"{out} exists; pass --overwrite to replace it")
-    if dtype == "q8_0" and to != "gguf":
-        raise ConfigError("--dtype q8_0 is for --to gguf only")
+    if dtype in ("q8_0", "q4_0") and to != "gguf":
+        raise ConfigError(f"--dtype {dtype} is for --to gguf only")
     if architecture and to != "hf":
         raise ConfigError("--architecture is for --to hf only")
     model, tokenizer, tok_cfg = load_model(src)

@@ -24,8 +24,8 @@ def register(sub) -> None:
     p.add_argument("--to", choices=("lmforge", "hf", "gguf"),
                    help="output format (default: hf for an lmforge source, else lmforge; "
                         "gguf when OUT ends in .gguf)")
-    p.add_argument("--dtype", choices=("f32", "f16", "bf16", "q8_0"),
-                   help="weight type of the output (default: f32; gguf default f16; q8_0 gguf only)")
+    p.add_argument("--dtype", choices=("f32", "f16", "bf16", "q8_0", "q4_0"),
+                   help="weight type of the output (default: f32; gguf default f16; q8_0, q4_0 gguf only)")
     p.add_argument("--architecture", metavar="CLASS",
                    help="Hugging Face class to record for an encoder (BertForPreTraining, "
                         "BertForMaskedLM, BertModel; default: the one holding every head)")

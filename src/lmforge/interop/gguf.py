@@ -28,12 +28,13 @@ from ..files import atomic_file
 from ..models.config import ModelConfig
 from ..models.io import build_model
 from ..models.state import load_model_state, model_state
+from ..models.quantized import dequantized_state, quantization_of
 from ..models.transformer import GPT, rope_frequencies
 from ..tokenization.info import eos_token_id
 from ..tokenization.pipelines import set_byte_level_pipeline
 
 ARCHITECTURES = ("gpt2", "llama", "qwen2")
-DTYPES = ("f32", "f16", "q8_0")
+DTYPES = ("f32", "f16", "q8_0", "q4_0")
 # llama.cpp's token types (gguf.TokenType), needed before gguf is imported.
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 Q8_0_BLOCK = 32  # values per q8_0 block: a row must be a whole number of blocks
@@ -570,8 +571,9 @@ def _add_tokenizer(writer, tok: Tokenizer, tokenizer_config: dict, vocab_size: i
 def _add_hparams(writer, gguf, cfg: ModelConfig, arch: str, dtype: str) -> None:
     writer.add_type("model")
     writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
-    if dtype == "q8_0":
+                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+                          "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[dtype])
+    if dtype in ("q8_0", "q4_0"):
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_vocab_size(cfg.vocab_size)
     writer.add_context_length(cfg.context_length)
@@ -600,7 +602,7 @@ def _add_hparams(writer, gguf, cfg: ModelConfig, arch: str, dtype: str) -> None:
 def _gguf_tensors(model: torch.nn.Module, cfg: ModelConfig, arch: str) -> dict[str, torch.Tensor]:
     """lmforge parameters as GGUF tensors: renamed, q/k/v and gate/up split, llama's q/k
     permuted, plus llama.cpp's form of Llama 3 RoPE scaling."""
-    state = model_state(model)
+    state = dequantized_state(model) if quantization_of(model) else model_state(model)
     out = {}
     for ours, pieces in _layout(cfg, arch).items():
         rows = [r if r is not None else state[ours].shape[0] for _, r, _ in pieces]
@@ -616,22 +618,26 @@ def _gguf_tensors(model: torch.nn.Module, cfg: ModelConfig, arch: str) -> dict[s
 
 def _encode_tensor(gguf, name: str, tensor: torch.Tensor, dtype: str):
     """(array, type) as llama.cpp stores it: vectors, positions and RoPE divisors in f32, weight
-    matrices in ``dtype`` (q8_0 only for rows of whole 32-value blocks, else f16)."""
+    matrices in ``dtype`` (q8_0 / q4_0 only for rows of whole 32-value blocks, else f16)."""
     array = tensor.detach().to(device="cpu", dtype=torch.float32).numpy()
     types = gguf.GGMLQuantizationType
     if array.ndim == 1 or dtype == "f32" or name in ("position_embd.weight", "rope_freqs.weight"):
         return array, types.F32
-    if dtype == "q8_0" and array.shape[-1] % Q8_0_BLOCK == 0:
-        return gguf.quants.quantize(array, types.Q8_0), types.Q8_0
+    if dtype in ("q8_0", "q4_0") and array.shape[-1] % Q8_0_BLOCK == 0:
+        qtype = types.Q8_0 if dtype == "q8_0" else types.Q4_0
+        return gguf.quants.quantize(array, qtype), qtype
     return array.astype(np.float16), types.F16
 
 
 def write_gguf(model: torch.nn.Module, tokenizer: Tokenizer, path: str | Path, dtype: str = "f16",
                tokenizer_config: dict | None = None) -> Path:
     """Write a GPT-2 or Llama style lmforge decoder and its byte-level BPE tokenizer as a GGUF
-    file that llama.cpp runs. ``dtype``: "f32", "f16" or "q8_0" (weight matrices; norms and biases
+    file that llama.cpp runs. ``dtype``: "f32", "f16", "q8_0" or "q4_0" (weight matrices; norms and biases
     stay f32). ``tokenizer_config`` (Hugging Face keys) supplies bos/eos/pad/unk tokens and the
-    chat template. The file is written to a temporary name and renamed into place."""
+    chat template. The file is written to a temporary name and renamed into place.
+    ``dtype`` "q4_0": 4-bit blocks of 32 with one f16 scale (llama.cpp's Q4_0). A quantized
+    lmforge model (:mod:`lmforge.models.quantized`) is written from its dequantized weights,
+    so int4 -> q4_0 quantizes twice (a little more error than q4_0 from the float model)."""
     _check_dtype(dtype)
     cfg = model.config
     arch = gguf_architecture(cfg)

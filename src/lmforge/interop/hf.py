@@ -29,6 +29,7 @@ from ..files import atomic_dir
 from ..models.config import ModelConfig
 from ..models.io import build_model
 from ..models.state import load_model_state, model_state
+from ..models.quantized import refuse_quantized
 from ..models.task_head import TaskModel, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -687,7 +688,9 @@ def hf_table(model: torch.nn.Module, family: str, architecture: str,
 
 def hf_layout(model: torch.nn.Module, tokenizer: Tokenizer | None,
               tokenizer_config: dict | None = None, architecture: str | None = None) -> HFLayout:
-    """The :class:`HFLayout` of ``model``; a ConfigError when it has no Hugging Face form."""
+    """The :class:`HFLayout` of ``model``; a ConfigError when it has no Hugging Face form
+    (also for a quantized model: transformers has no place for lmforge's int8/int4 tensors)."""
+    refuse_quantized(model, "a Hugging Face folder")
     cfg = model.config
     family = family_of(cfg)
     spec = getattr(model, "spec", None)

@@ -20,6 +20,7 @@ from ..errors import CheckpointError, ConfigError
 from ..files import atomic_dir
 from .config import ModelConfig
 from .lstm import LSTMLM
+from .quantized import apply_quantized_layout, quantization_of
 from .state import load_model_state, load_weights, model_state  # noqa: F401 (re-exported)
 from .task_head import TaskModel, TaskSpec
 from .transformer import GPT
@@ -49,6 +50,8 @@ def save_pretrained(model: torch.nn.Module, path: str | Path, tokenizer=None,
     config = {"lmforge": model.config.to_dict()}
     if hasattr(model, "spec"):  # a task model: its head's spec
         config["task"] = model.spec.to_dict()
+    if quantization_of(model) is not None:  # rebuilt by load_lmforge_folder before loading
+        config["quantization"] = quantization_of(model)
     with atomic_dir(path) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         save_file(model_state(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
@@ -66,7 +69,8 @@ def save_pretrained(model: torch.nn.Module, path: str | Path, tokenizer=None,
 def load_lmforge_folder(path: str | Path, device: str | torch.device = "cpu",
                         dtype: torch.dtype | None = None) -> torch.nn.Module:
     """The model of an lmforge model folder, or of a training run folder (its ``model/``);
-    a folder with a ``task`` section in its config gives a :class:`TaskModel`."""
+    a folder with a ``task`` section in its config gives a :class:`TaskModel`, one with a
+    ``quantization`` section the quantized model (see :mod:`lmforge.models.quantized`)."""
     path = Path(path)
     if (path / "model" / CONFIG_NAME).is_file() and not (path / CONFIG_NAME).is_file():
         path = path / "model"
@@ -76,10 +80,12 @@ def load_lmforge_folder(path: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(f"{path} is not a model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
     try:
         cfg = ModelConfig.load(path / CONFIG_NAME)
-        task = json.loads((path / CONFIG_NAME).read_text()).get("task")
+        saved = json.loads((path / CONFIG_NAME).read_text())
         model = build_model(cfg)
-        if task is not None:
-            model = TaskModel(model, TaskSpec.from_dict(task))
+        if saved.get("task") is not None:
+            model = TaskModel(model, TaskSpec.from_dict(saved["task"]))
+        if saved.get("quantization") is not None:  # quantized layers, shaped to load into
+            apply_quantized_layout(model, saved["quantization"], str(path))
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
     load_model_state(model, load_weights(path / WEIGHTS_NAME), str(path))
