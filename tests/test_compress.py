@@ -15,15 +15,15 @@ from lmforge.errors import ConfigError
 
 
 def test_method_specs_parse_into_steps():
-    methods = parse_methods("int8, int4-g64,wanda50+int8,magnitude-2:4,heads25-ffn50,model:runs/s")
-    assert [m.name for m in methods] == ["int8", "int4-g64", "wanda50+int8", "magnitude-2:4",
+    methods = parse_methods("int8, int4-g64,wanda50+int8,2:4,heads25-ffn50,model:runs/s")
+    assert [m.name for m in methods] == ["int8", "int4-g64", "wanda50+int8", "2:4",
                                          "heads25-ffn50", "model:runs/s"]
     assert methods[1].steps[0].options == {"method": "int4", "group_size": 64}
     assert [s.kind for s in methods[2].steps] == ["unstructured", "quantize"]
-    assert methods[2].steps[0].options == {"method": "wanda", "sparsity": 0.5, "pattern": None}
+    assert methods[2].steps[0].options == {"method": "wanda", "sparsity": 0.5}
     assert methods[2].steps[0].needs_calibration and not methods[3].steps[0].needs_calibration
     assert methods[3].steps[0].options["pattern"] == "2:4"
-    assert methods[4].steps[0].options == {"heads": 0.25, "ffn": 0.5}
+    assert methods[4].steps[0].options == {"heads": 0.25, "ffn": 0.5, "importance": "taylor"}
     assert str(methods[5].external) == "runs/s" and methods[2].folder_name == "wanda50+int8"
     assert parse_methods("int4", group_size=32)[0].steps[0].options["group_size"] == 32
 
@@ -31,6 +31,7 @@ def test_method_specs_parse_into_steps():
 @pytest.mark.parametrize("spec, message", [
     ("int3", "unknown compress method 'int3'"),
     ("int4-g48", "group size must be one of 32, 64, 128"),
+    ("heads25@guess", "importance must be one of"),
     ("wanda100", "between 1 and 99 percent"),
     ("int8+wanda50", "quantization must be the last step"),
     ("int8,int8", "given twice"),
@@ -89,3 +90,58 @@ def test_compress_cli_refuses_bad_input_in_one_line(tiny_models, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
     assert "unknown compress method 'int3'" in run.stderr and not (tmp_path / "x").exists()
+
+
+def test_compress_a_decoder_with_every_kind_of_method(tiny_models, tmp_path):
+    """Quantized, pruned and chained variants of a tiny decoder: each is saved, loads back as
+    what the table measured, and its numbers are what its method must give."""
+    import lmforge
+    from lmforge.evaluation.scoring import token_logprobs
+    from lmforge.hub import load_model
+
+    gpt, text = tiny_models / "gpt", tiny_models / "corpus.txt"
+    result = lmforge.compress(gpt, "int8,int4-g32,prune50,wanda50+int8,heads50", out=tmp_path / "c",
+                              eval_data=text, eval_tokens=256, prompt_tokens=64, new_tokens=8,
+                              repeats=1, calibration_samples=8, calibration_length=32)
+    rows = {r["name"]: r for r in result["rows"]}
+    base = rows["original"]
+    ppl = {n: r["metrics"]["perplexity"] for n, r in rows.items()}
+    assert abs(ppl["int8"] / ppl["original"] - 1) < 0.01  # int8 barely moves a model's scores
+    assert abs(ppl["int4-g32"] / ppl["original"] - 1) < 0.10
+    for name, dense in (("prune50", "original"), ("wanda50+int8", "int8")):
+        block = rows[name]["steps"][0]  # half the block weights are zeros now
+        assert block["sparsity"] == pytest.approx(0.5, abs=0.01)
+        assert rows[name]["nonzero"] < rows[dense]["nonzero"]
+    assert rows["wanda50+int8"]["steps"][1]["method"] == "int8"
+    assert rows["heads50"]["parameters"] < base["parameters"]  # heads removed physically
+    assert rows["heads50"]["size_mb"] < base["size_mb"] and rows["int8"]["size_mb"] < base["size_mb"]
+    # What was measured is what was saved: the saved int8 variant scores the same.
+    model, tok, _ = load_model(rows["int8"]["folder"])
+    from lmforge.tokenization.info import encode, eos_token_id
+    ids = [eos_token_id(tok)] + encode(tok, text.read_text())[:256]
+    saved_ppl = torch_exp_mean(token_logprobs(model, ids, max_length=64))  # the context
+    assert saved_ppl == pytest.approx(ppl["int8"], rel=1e-4)
+    assert sum(r["pareto"] for r in result["rows"]) >= 1
+
+
+def torch_exp_mean(logprobs) -> float:
+    import math
+    return math.exp(-logprobs.mean().item())
+
+
+def test_compress_a_fine_tuned_classifier(tiny_runs, tiny_models, tmp_path):
+    """A task model is measured by its task's metric and examples/s; structured pruning takes
+    calibration examples from the task's training file."""
+    import lmforge
+    run = tiny_runs["classification"]
+    data = tiny_models / "cls.tsv"
+    result = lmforge.compress(run, "dynamic-int8,heads50", out=tmp_path / "c", eval_data=data,
+                              calibration=data, calibration_samples=16, repeats=1)
+    rows = {r["name"]: r for r in result["rows"]}
+    assert result["quality"] == "accuracy" and result["speed"] == "examples_s"
+    assert rows["original"]["metrics"]["accuracy"] == pytest.approx(
+        lmforge.evaluate(run, data)["accuracy"])
+    assert abs(rows["dynamic-int8"]["metrics"]["accuracy"] - rows["original"]["metrics"]["accuracy"]) <= 0.05
+    assert rows["heads50"]["parameters"] < rows["original"]["parameters"]
+    with pytest.raises(ConfigError, match="--calibration"):
+        lmforge.compress(run, "heads50", out=tmp_path / "d", eval_data=data)

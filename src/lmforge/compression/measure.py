@@ -22,6 +22,7 @@ from ..errors import ConfigError, DataError
 from ..evaluation.embeddings import embed
 from ..evaluation.scoring import token_logprobs
 from ..generation.sampling import generate
+from ..models.quantized import QuantizedLinear
 from ..runtime import autocast, resolve_precision
 from ..tasks.inference import objective_for
 from ..tokenization.info import encode, eos_token_id
@@ -58,10 +59,11 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     total = nonzero = 0
     seen: set[int] = set()
     for module in model.modules():
-        logical = getattr(module, "logical_weight_count", None)
-        if callable(logical):  # a quantized layer: packed integers stand for in x out weights
-            n, nz = logical()
-            total, nonzero = total + n, nonzero + nz
+        if isinstance(module, QuantizedLinear):  # packed integers stand for in x out weights
+            weight = module.dequantize(torch.float32)
+            total += weight.numel() + (module.bias.numel() if module.bias is not None else 0)
+            nonzero += int(torch.count_nonzero(weight).item()) + (
+                int(torch.count_nonzero(module.bias).item()) if module.bias is not None else 0)
             for p in module.parameters(recurse=False):
                 seen.add(id(p))
             for b in module.buffers(recurse=False):

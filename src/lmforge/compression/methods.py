@@ -6,11 +6,12 @@ e.g. a student from `lmforge distill`, to the same table.
     int8                weight-only int8, per output channel
     int4, int4-g64      weight-only int4 in groups of 128 (or 32/64) input weights
     dynamic-int8        int8 weights and int8 activations quantized per batch (encoders, CPU)
-    magnitude50         unstructured: the 50% smallest |W| of each layer set to zero
-    wanda50             unstructured: Wanda, |W| x input-activation norm per output row
-    magnitude-2:4       semi-structured: 2 of every 4 consecutive weights kept (also wanda-2:4)
+    prune50, wanda50    unstructured: 50% of each layer's weights zeroed, by magnitude or Wanda
+    2:4, wanda2:4       semi-structured: 2 of every 4 consecutive weights kept
     heads25, ffn25      structured: 25% of attention heads / FFN channels removed physically
-    heads25-ffn25       both
+    heads25-ffn25       both (Taylor importance; @activation or @magnitude to choose another)
+
+The pruning names are :mod:`.prune_methods`'s.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from typing import Callable
 import torch
 
 from ..errors import ConfigError
+from .prune_methods import prune_spec
+from .quantize import quantize_model
+from .structured import prune_structured
+from .unstructured import prune_unstructured
 
 QUANT_METHODS = ("int8", "int4", "dynamic-int8")
 GROUP_SIZES = (32, 64, 128)
 _INT4 = re.compile(r"^int4(?:-g(\d+))?$")
-_UNSTRUCTURED = re.compile(r"^(magnitude|wanda)(?:(\d+)|-(2:4))$")
-_STRUCTURED = re.compile(r"^(?:heads(\d+))?-?(?:ffn(\d+))?$")
 EXTERNAL_PREFIXES = ("model:", "distill:")
 
 
@@ -44,8 +47,9 @@ class Step:
     def needs_calibration(self) -> bool:
         """Whether the step reads calibration data (Wanda's activation norms, importance
         scores for structured pruning)."""
-        return (self.kind == "unstructured" and self.options["method"] == "wanda") or \
-            self.kind == "structured"
+        if self.kind == "unstructured":
+            return self.options["method"] == "wanda"
+        return self.kind == "structured" and self.options["importance"] != "magnitude"
 
 
 @dataclasses.dataclass
@@ -66,13 +70,6 @@ class Method:
         return re.sub(r"[^A-Za-z0-9._+-]+", "-", self.name).strip("-") or "variant"
 
 
-def _percent(text: str, what: str) -> float:
-    value = int(text)
-    if not 0 < value < 100:
-        raise ConfigError(f"compress method '{what}': the share must be between 1 and 99 percent")
-    return value / 100
-
-
 def parse_step(text: str, group_size: int = 128) -> Step:
     """One step of a method spec (see the module docstring)."""
     if text in ("int8", "dynamic-int8"):
@@ -83,18 +80,19 @@ def parse_step(text: str, group_size: int = 128) -> Step:
             raise ConfigError(f"compress method '{text}': int4 group size must be one of "
                               f"{', '.join(map(str, GROUP_SIZES))}, got {size}")
         return Step("quantize", text, {"method": "int4", "group_size": size})
-    if m := _UNSTRUCTURED.match(text):
-        method, share, pattern = m.groups()
-        options = {"method": method, "sparsity": 0.5 if pattern else _percent(share, text),
-                   "pattern": pattern}
-        return Step("unstructured", text, options)
-    if text and (m := _STRUCTURED.match(text)) and any(m.groups()):
-        heads, ffn = m.groups()
-        return Step("structured", text, {"heads": _percent(heads, text) if heads else 0.0,
-                                         "ffn": _percent(ffn, text) if ffn else 0.0})
+    try:
+        kind, options = prune_spec(text)
+    except ConfigError as exc:
+        if "unknown pruning variant" not in str(exc):
+            raise  # a pruning name with a bad detail: its own message says which
+    else:
+        shares = [options.get("sparsity"), options.get("heads"), options.get("ffn")]
+        if any(v is not None and not 0 <= v < 1 for v in shares) or options.get("sparsity") == 0:
+            raise ConfigError(f"compress method '{text}': the share must be between 1 and 99 percent")
+        return Step(kind, text, options)
     raise ConfigError(f"unknown compress method '{text}' (int8, int4, int4-g32/g64/g128, "
-                      "dynamic-int8, magnitudeNN, wandaNN, magnitude-2:4, wanda-2:4, headsNN, "
-                      "ffnNN, headsNN-ffnNN, model:PATH; join steps with +)")
+                      "dynamic-int8, pruneNN, wandaNN, 2:4, wanda2:4, headsNN, ffnNN, "
+                      "headsNN-ffnNN, model:PATH; join steps with +)")
 
 
 def parse_methods(spec: str | list[str], group_size: int = 128) -> list[Method]:
@@ -128,21 +126,15 @@ def apply_step(model: torch.nn.Module, step: Step, calibration: Callable[[], lis
     """Change ``model`` in place by ``step``; returns the step's report as a dict (layers
     quantized or pruned, layers left as they were and why, sparsity reached)."""
     if step.kind == "quantize":
-        from .quantize import quantize_model
         report = quantize_model(model, step.options["method"],
                                 group_size=step.options.get("group_size", 128))
-    elif step.kind == "unstructured":
-        from .prune import prune_unstructured
-        report = prune_unstructured(model, sparsity=step.options["sparsity"],
-                                    method=step.options["method"], pattern=step.options["pattern"],
-                                    calibration=calibration() if step.needs_calibration else None)
-    elif step.kind == "structured":
-        from .prune import prune_structured
-        report = prune_structured(model, heads=step.options["heads"], ffn=step.options["ffn"],
-                                  calibration=calibration())
+    elif step.kind in ("unstructured", "structured"):
+        prune = prune_unstructured if step.kind == "unstructured" else prune_structured
+        report = prune(model, calibration=calibration() if step.needs_calibration else None,
+                       **step.options)
     else:
         raise ConfigError(f"step '{step.name}' cannot be applied to a model")
     out = report.to_dict() if hasattr(report, "to_dict") else dict(report or {})
-    for name, reason in out.get("skipped", []) or []:
+    for name, reason in dict(out.get("skipped") or {}).items():
         log(f"  {step.name}: {name} left as it was ({reason})")
     return out

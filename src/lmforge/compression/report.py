@@ -43,7 +43,7 @@ class CompressOptions:
     """What `lmforge compress` makes and how it measures it."""
 
     methods: str = _help("comma-separated variants, steps joined by + (int8, int4, int4-g64, "
-                         "dynamic-int8, wanda50, magnitude-2:4, heads25-ffn25, wanda50+int8, "
+                         "dynamic-int8, prune50, wanda50, 2:4, wanda2:4, heads25-ffn25, wanda50+int8, "
                          "model:PATH for a student from `lmforge distill`)", "int8,int4")
     eval_data: str | None = _help("evaluation file: text for a language model (perplexity), "
                                   "the task's labeled file for a fine-tuned model, one sentence "
@@ -142,7 +142,7 @@ class Compressor:
     def calibration(self) -> list:
         """Calibration batches for Wanda and structured pruning, built once."""
         if self._calibration is None:
-            from .prune import calibration_batches
+            from .calibration import calibration_data
             path = self.options.calibration
             if path is None:
                 if self.kind == "task":
@@ -151,8 +151,8 @@ class Compressor:
                 path = PACKAGED_TEXT
             if not Path(path).is_file():
                 raise DataError(f"calibration data not found: {path}")
-            self._calibration = calibration_batches(
-                self.model, self.tokenizer, path, samples=self.options.calibration_samples,
+            self._calibration = calibration_data(
+                self.model, self.tokenizer, path, sequences=self.options.calibration_samples,
                 length=self.options.calibration_length)
         return self._calibration
 
