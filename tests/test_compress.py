@@ -145,3 +145,30 @@ def test_compress_a_fine_tuned_classifier(tiny_runs, tiny_models, tmp_path):
     assert rows["heads50"]["parameters"] < rows["original"]["parameters"]
     with pytest.raises(ConfigError, match="--calibration"):
         lmforge.compress(run, "heads50", out=tmp_path / "d", eval_data=data)
+
+
+def test_recovery_fine_tune_keeps_pruned_weights_at_zero(tiny_runs, tiny_models, tmp_path):
+    """--recover-steps trains a pruned task model through finetune's trainer; the zeros of
+    unstructured pruning survive it, and the recovery run is kept beside the variants."""
+    import lmforge
+    from lmforge.hub import load_model
+    run, data = tiny_runs["classification"], tiny_models / "cls.tsv"
+    result = lmforge.compress(run, "prune50", out=tmp_path / "c", eval_data=data, repeats=1,
+                              recover_steps=4, recover_data=str(data), recover_lr=1e-3)
+    row = result["rows"][1]
+    assert [s["step"] for s in row["steps"]] == ["prune50", "recovery"]
+    assert (tmp_path / "c" / "recovery" / "prune50" / "model").is_dir()
+    pruned = {layer["name"] + ".weight": layer["zeros"] for layer in row["steps"][0]["layers"]}
+    model = dict(load_model(row["folder"])[0].named_parameters())
+    original = dict(load_model(run)[0].named_parameters())
+    for name, zeros in pruned.items():
+        assert int((model[name] == 0).sum()) == zeros
+        kept = model[name] != 0  # the recovery run trained the weights that were left
+        assert not torch_equal(model[name][kept], original[name][kept])
+    with pytest.raises(ConfigError, match="--recover-data"):
+        lmforge.compress(run, "prune50", out=tmp_path / "d", eval_data=data, recover_steps=4)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+    return a.shape == b.shape and torch.equal(a, b)

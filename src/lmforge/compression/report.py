@@ -63,6 +63,12 @@ class CompressOptions:
     precision: str = _help("precision of the measurements (fp32 compares with the original "
                            "as saved; quantized layers use their own kernels)", "fp32")
     device: str = _help("auto, cpu, cuda, ...", "auto")
+    recover_steps: int = _help("pruned variants: a recovery fine-tune of this many steps before "
+                               "any quantization step (0 = none)", 0)
+    recover_data: str | None = _help("recovery training data: the task's training file for a "
+                                     "fine-tuned model, a prepared dataset for a language model", None)
+    recover_lr: float | None = _help("learning rate of the recovery run (default: finetune's / "
+                                     "pretrain's)", None)
     save_variants: bool = _help("keep each variant's model folder under OUT/variants (sizes "
                                 "are measured from them either way)", True)
 
@@ -72,6 +78,11 @@ class CompressOptions:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"compress option '{name}' must be positive, got "
                                   f"{getattr(self, name)}")
+        if self.recover_steps < 0:
+            raise ConfigError(f"compress option 'recover_steps' must be >= 0, got {self.recover_steps}")
+        if self.recover_steps and not self.recover_data:
+            raise ConfigError("--recover-steps needs --recover-data (the task's training file, or "
+                              "a prepared dataset for a language model)")
         if self.max_examples is not None and self.max_examples <= 0:
             raise ConfigError(f"compress option 'max_examples' must be positive, got {self.max_examples}")
         if self.precision not in ("fp32", "bf16", "fp16", "auto"):
@@ -192,14 +203,47 @@ class Compressor:
                             0.0)
         model = copy.deepcopy(self.model)
         reports = []
+        pruned = False
         for step in method.steps:
+            if step.kind == "quantize" and pruned:
+                model = self.recover(model, method, work, reports)
+                pruned = False
             reports.append({"step": step.name, **apply_step(model, step, self.calibration,
                                                             self.say)})
+            pruned = pruned or step.kind in ("unstructured", "structured")
+        if pruned:
+            model = self.recover(model, method, work, reports)
         seconds = time.perf_counter() - start
         folder = work / method.folder_name
         save_pretrained(model, folder, self.tokenizer, self.tok_cfg or None)
         model.eval()
         return self.row(method.name, model, folder, reports, seconds)
+
+    def recover(self, model: torch.nn.Module, method: Method, work: Path,
+                reports: list) -> torch.nn.Module:
+        """The pruned ``model`` after ``recover_steps`` of training (itself when there are none).
+        Unstructured zeros are kept: the pruned weights are zeroed again after training."""
+        o = self.options
+        if not o.recover_steps:
+            return model
+        from .recovery import recover
+        zeroed = {layer["name"] + ".weight" for r in reports
+                  if r.get("method") in ("magnitude", "wanda") for layer in r["layers"]}
+        masks = {n: p == 0 for n, p in model.named_parameters() if n in zeroed}
+        extra = {"lr": o.recover_lr} if o.recover_lr is not None else {}
+        run_dir = work.parent / "recovery" / method.folder_name
+        self.say(f"  {method.name}: recovery fine-tune, {o.recover_steps} steps -> {run_dir}")
+        trained, result = recover(model, self.tokenizer, o.recover_data, steps=o.recover_steps,
+                                  out_dir=run_dir, tokenizer_config=self.tok_cfg or None,
+                                  device=str(self.device), **extra)
+        with torch.no_grad():
+            for name, p in trained.named_parameters():
+                mask = masks.get(name)
+                if mask is not None and mask.shape == p.shape:
+                    p.masked_fill_(mask.to(p.device), 0.0)  # pruned weights stay pruned
+        reports.append({"step": "recovery", "steps": o.recover_steps, "run": str(run_dir),
+                        "seconds": result.get("train_seconds") if isinstance(result, dict) else None})
+        return trained.eval()
 
     def run(self) -> dict:
         """Measure the original and every variant; everything is written into a temporary
