@@ -209,17 +209,24 @@ def test_smollm2_int8_logits_stay_close_and_greedy_text_agrees(smollm2):
 
 
 @pytest.mark.slow
-def test_llama_cpp_runs_our_q4_0_and_q8_0_like_lmforge(tmp_path, smollm2):
+def test_llama_cpp_reads_our_q8_0_and_q4_0_files_as_lmforge_does(tmp_path, smollm2):
     llama_cpp = pytest.importorskip("llama_cpp")
+    import numpy as np
     model, tok, tok_cfg = smollm2
-    prompt = "The capital of France is"
-    for dtype in ("q8_0", "q4_0"):
+    ids = tok.encode("The capital of France is Paris. The capital of Italy is Rome. The capital of").ids
+    # llama.cpp multiplies q4_0 / q8_0 weights with q8-quantized activations, lmforge in fp32:
+    # (its AVX512/AMX paths): measured max |logit difference| / max |logit| 0.051 (q8_0, next
+    # token the same at every position) and 0.157 (q4_0, the same at 14 of 17 positions)
+    for dtype, bound, agree in (("q8_0", 0.08, 0.95), ("q4_0", 0.22, 0.75)):
         path = write_gguf(model, tok, tmp_path / f"s-{dtype}.gguf", dtype=dtype, tokenizer_config=tok_cfg)
         ours, _, _ = load_gguf(path)
-        want = generate_text(ours, tok, prompt, 8, greedy=True, precision="fp32").text
+        with torch.inference_mode():
+            want = ours(torch.tensor([ids]))[0].float()
         llm = llama_cpp.Llama(model_path=str(path), n_threads=2, n_ctx=256, verbose=False, logits_all=True)
-        got = llm(prompt, max_tokens=8, temperature=0.0, top_k=1)["choices"][0]["text"]
-        assert got[:12] == want[:12], dtype
+        llm.eval(ids)
+        got = torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32))
+        assert rel_err(got, want) < bound, dtype
+        assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= agree, dtype
 
 
 # ---- quantized models through lmforge's commands -------------------------------------------------
