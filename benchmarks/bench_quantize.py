@@ -118,9 +118,10 @@ def lm_section(args) -> dict:
     variants = {"fp32": (base, "fp32"), "auto": (base, "auto")}
     reports = {}
     for name in args.methods.split(","):
-        method, _, gs = name.partition("-gs")
+        spec, _, head = name.partition("+head-")  # e.g. int4-gs32+head-int8
+        method, _, gs = spec.partition("-gs")
         model = copy.deepcopy(base)
-        reports[name] = quantize_model(model, method, int(gs or 128)).to_dict()
+        reports[name] = quantize_model(model, method, int(gs or 128), head=head or "same").to_dict()
         variants[name] = (model, "fp32")
     speeds, tokens = decode_runs(variants, tok, args.new_tokens, args.repeats)
     rows = {}
@@ -208,8 +209,9 @@ def table(result: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer tokens, one repeat, 200 SST-2 examples")
-    ap.add_argument("--methods", default="int8,int4-gs32,int4-gs64,int4-gs128",
-                    help="quantized variants: int8, dynamic-int8, int4-gsN")
+    ap.add_argument("--methods", default="int8,int4-gs32,int4-gs64,int4-gs128,int4-gs32+head-int8",
+                    help="quantized variants: int8, int4-gsN, each with an optional +head-int8 or "
+                         "+head-float (the output head quantized otherwise)")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prefill-tokens", type=int, default=512)
     ap.add_argument("--ppl-tokens", type=int, default=8192)

@@ -91,8 +91,9 @@ def test_layers_the_int4_kernel_cannot_take_are_kept_and_named():
     assert report.skipped == {"lm_head": "500 outputs, not a multiple of 16 (int4 kernel blocks)"}
     assert type(model.lm_head) is torch.nn.Linear
     assert "kept in float: lm_head (500 outputs" in report.summary()
-    head_kept = quantize_model(tiny_llama(), "int8", quantize_head=False)
-    assert "lm_head" in head_kept.skipped and type(tiny_llama().lm_head) is torch.nn.Linear
+    model = tiny_llama()
+    assert "lm_head" in quantize_model(model, "int8", head="float").skipped
+    assert type(model.lm_head) is torch.nn.Linear
 
 
 def test_padded_int4_layers_are_reported():
@@ -122,6 +123,7 @@ def test_a_task_head_stays_float_and_is_reported(tmp_path):
 @pytest.mark.parametrize("call,needle", [
     (lambda m: quantize_model(m, "int3"), "method must be one of int8, int4, dynamic-int8"),
     (lambda m: quantize_model(m, "int4", 48), "group size must be one of 32, 64, 128"),
+    (lambda m: quantize_model(m, "int4", head="int2"), "head must be one of same, int8, float"),
     (lambda m: quantize_model(m, "int8") and quantize_model(m, "int8"), "already quantized"),
     (lambda m: quantize_model(m, "dynamic-int8"), "dynamic-int8 is for encoders"),
     (lambda m: apply_lora(m, ["attn.qkv"]) and quantize_model(m, "int8"), "merge them first"),
@@ -132,10 +134,12 @@ def test_bad_requests_are_one_line_config_errors(call, needle):
     assert needle in str(exc.value) and "\n" not in str(exc.value)
 
 
-@pytest.mark.parametrize("method,group_size", [("int8", 128), ("int4", 32)])
-def test_save_and_load_give_the_same_outputs(tmp_path, method, group_size, small_bpe):
+@pytest.mark.parametrize("method,group_size,head", [("int8", 128, "same"), ("int4", 32, "same"),
+                                                    ("int4", 64, "int8")])
+def test_save_and_load_give_the_same_outputs(tmp_path, method, group_size, head, small_bpe):
     model = tiny_llama(vocab=small_bpe.get_vocab_size())
-    quantize_model(model, method, group_size)
+    report = quantize_model(model, method, group_size, head=head)
+    assert report.layer_methods == ({} if head == "same" else {"lm_head": "int8"})
     x = torch.randint(0, 300, (2, 10))
     want = model(x)
     folder = save_pretrained(model, tmp_path / "q", small_bpe)
@@ -143,6 +147,7 @@ def test_save_and_load_give_the_same_outputs(tmp_path, method, group_size, small
     assert config["quantization"]["method"] == method and "model_type" not in config  # lmforge layout
     loaded, tok, _ = load_model(folder)
     assert tok is not None and type(loaded.blocks[0].mlp.fc) is type(model.blocks[0].mlp.fc)
+    assert type(loaded.lm_head) is type(model.lm_head)
     assert torch.equal(loaded(x), want)
     # the int4 file holds half a byte per weight (+ scales), not four
     size = (folder / "model.safetensors").stat().st_size
