@@ -2,8 +2,8 @@
 as lmforge fp32, "auto" precision, weight-only int8 and int4 (group sizes 32/64/128): batch-1
 greedy decode tok/s (--new-tokens after a short prompt), 512-token prefill time, perplexity on
 the first --ppl-tokens tokens of the shared WikiText-2 file (windows of 1024, stride 512) and
-size on disk (lmforge model folder); llama.cpp (llama_cpp, n_threads=2) on the Q4_1 file in the
-same run for the ratio; and the fine-tuned all-MiniLM SST-2 classifier's dev accuracy and
+size on disk (lmforge model folder); llama.cpp (llama_cpp) on the Q4_1 file in the
+same run for the ratio (as many threads as torch); and the fine-tuned all-MiniLM SST-2 classifier's dev accuracy and
 examples/s as fp32, dynamic int8 and weight-only int8.
 
     python benchmarks/bench_quantize.py [--quick] [--out benchmarks/quantize_bench.json]
@@ -88,12 +88,14 @@ def perplexity(model, ids: list[int]) -> float:
 
 
 def llama_cpp_decode(path: Path, tok, new_tokens: int, repeats: int) -> float | None:
-    """llama.cpp's new tokens/s (greedy, batch 1, 2 threads) on the GGUF file, or None."""
+    """llama.cpp's new tokens/s (greedy, batch 1, as many threads as torch) on the GGUF file,
+    or None. (Two spinning thread pools on an oversubscribed machine collapse: match torch's.)"""
     try:
         from llama_cpp import Llama
     except ImportError:
         return None
-    llm = Llama(model_path=str(path), n_threads=2, n_threads_batch=2, n_ctx=512, verbose=False)
+    threads = torch.get_num_threads()
+    llm = Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads, n_ctx=512, verbose=False)
     prompt = llm.tokenize(PROMPT.encode())
     best = 0.0
     for _ in range(repeats):
@@ -194,9 +196,9 @@ def table(result: dict) -> str:
         for name, r in lm["variants"].items():
             out.append(f"| {name} | {r['decode_tok_s']:.1f} | {r['decode_speedup_vs_fp32']:.2f} | {r['prefill_s']:.3f} | "
                        f"{r.get('perplexity', float('nan')):.3f} | {r.get('perplexity_rise_pct', float('nan')):.2f} | "
-                       f"{r.get('size_bytes', 0) / 2**20:.0f} |")
+                       (f"{r['size_bytes'] / 2**20:.0f}" if "size_bytes" in r else "-") + " |")
     if lm and lm["llama_cpp_q4_1_tok_s"]:
-        out.append(f"llama.cpp Q4_1 (2 threads): {lm['llama_cpp_q4_1_tok_s']:.1f} tok/s")
+        out.append(f"llama.cpp Q4_1 ({result['threads']} threads): {lm['llama_cpp_q4_1_tok_s']:.1f} tok/s")
     enc = result.get("encoder")
     if enc:
         out += ["", "MiniLM SST-2 dev", "| variant | accuracy | examples/s | x fp32 | MiB |", "|---|---:|---:|---:|---:|"]
