@@ -194,9 +194,10 @@ def table(result: dict) -> str:
                "| variant | decode tok/s | x fp32 | prefill s | perplexity | rise % | MiB on disk |",
                "|---|---:|---:|---:|---:|---:|---:|"]
         for name, r in lm["variants"].items():
+            size = f"{r['size_bytes'] / 2**20:.0f}" if "size_bytes" in r else "-"
             out.append(f"| {name} | {r['decode_tok_s']:.1f} | {r['decode_speedup_vs_fp32']:.2f} | {r['prefill_s']:.3f} | "
                        f"{r.get('perplexity', float('nan')):.3f} | {r.get('perplexity_rise_pct', float('nan')):.2f} | "
-                       (f"{r['size_bytes'] / 2**20:.0f}" if "size_bytes" in r else "-") + " |")
+                       f"{size} |")
     if lm and lm["llama_cpp_q4_1_tok_s"]:
         out.append(f"llama.cpp Q4_1 ({result['threads']} threads): {lm['llama_cpp_q4_1_tok_s']:.1f} tok/s")
     enc = result.get("encoder")
