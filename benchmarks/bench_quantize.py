@@ -150,7 +150,7 @@ def lm_section(args) -> dict:
     return {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to fp32)",
             "new_tokens": args.new_tokens, "prefill_tokens": len(prefill_ids),
             "perplexity_tokens": len(ids) - 1, "variants": rows,
-            "llama_cpp_q4_1_tok_s": llama,
+            "llama_cpp_q4_1_tok_s": llama, "llama_cpp_threads": torch.get_num_threads(),
             "ratio_to_llama_cpp": {n: r["decode_tok_s"] / llama for n, r in rows.items()} if llama else None}
 
 
@@ -199,7 +199,7 @@ def table(result: dict) -> str:
                        f"{r.get('perplexity', float('nan')):.3f} | {r.get('perplexity_rise_pct', float('nan')):.2f} | "
                        f"{size} |")
     if lm and lm["llama_cpp_q4_1_tok_s"]:
-        out.append(f"llama.cpp Q4_1 ({result['threads']} threads): {lm['llama_cpp_q4_1_tok_s']:.1f} tok/s")
+        out.append(f"llama.cpp Q4_1 ({lm.get('llama_cpp_threads', result['threads'])} threads): {lm['llama_cpp_q4_1_tok_s']:.1f} tok/s")
     enc = result.get("encoder")
     if enc:
         out += ["", "MiniLM SST-2 dev", "| variant | accuracy | examples/s | x fp32 | MiB |", "|---|---:|---:|---:|---:|"]
