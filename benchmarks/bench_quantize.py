@@ -2,8 +2,8 @@
 as lmforge fp32, "auto" precision, weight-only int8 and int4 (group sizes 32/64/128): batch-1
 greedy decode tok/s (--new-tokens after a short prompt), 512-token prefill time, perplexity on
 the first --ppl-tokens tokens of the shared WikiText-2 file (windows of 1024, stride 512) and
-size on disk (lmforge model folder); llama.cpp (llama_cpp, n_threads=2) on the Q4_1 file in the
-same run for the ratio; and the fine-tuned all-MiniLM SST-2 classifier's dev accuracy and
+size on disk (lmforge model folder); llama.cpp (llama_cpp) on the Q4_1 file in the
+same run for the ratio (as many threads as torch); and the fine-tuned all-MiniLM SST-2 classifier's dev accuracy and
 examples/s as fp32, dynamic int8 and weight-only int8.
 
     python benchmarks/bench_quantize.py [--quick] [--out benchmarks/quantize_bench.json]
@@ -88,12 +88,14 @@ def perplexity(model, ids: list[int]) -> float:
 
 
 def llama_cpp_decode(path: Path, tok, new_tokens: int, repeats: int) -> float | None:
-    """llama.cpp's new tokens/s (greedy, batch 1, 2 threads) on the GGUF file, or None."""
+    """llama.cpp's new tokens/s (greedy, batch 1, as many threads as torch) on the GGUF file,
+    or None. (Two spinning thread pools on an oversubscribed machine collapse: match torch's.)"""
     try:
         from llama_cpp import Llama
     except ImportError:
         return None
-    llm = Llama(model_path=str(path), n_threads=2, n_threads_batch=2, n_ctx=512, verbose=False)
+    threads = torch.get_num_threads()
+    llm = Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads, n_ctx=512, verbose=False)
     prompt = llm.tokenize(PROMPT.encode())
     best = 0.0
     for _ in range(repeats):
@@ -118,9 +120,10 @@ def lm_section(args) -> dict:
     variants = {"fp32": (base, "fp32"), "auto": (base, "auto")}
     reports = {}
     for name in args.methods.split(","):
-        method, _, gs = name.partition("-gs")
+        spec, _, head = name.partition("+head-")  # e.g. int4-gs32+head-int8
+        method, _, gs = spec.partition("-gs")
         model = copy.deepcopy(base)
-        reports[name] = quantize_model(model, method, int(gs or 128)).to_dict()
+        reports[name] = quantize_model(model, method, int(gs or 128), head=head or "same").to_dict()
         variants[name] = (model, "fp32")
     speeds, tokens = decode_runs(variants, tok, args.new_tokens, args.repeats)
     rows = {}
@@ -147,7 +150,7 @@ def lm_section(args) -> dict:
     return {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to fp32)",
             "new_tokens": args.new_tokens, "prefill_tokens": len(prefill_ids),
             "perplexity_tokens": len(ids) - 1, "variants": rows,
-            "llama_cpp_q4_1_tok_s": llama,
+            "llama_cpp_q4_1_tok_s": llama, "llama_cpp_threads": torch.get_num_threads(),
             "ratio_to_llama_cpp": {n: r["decode_tok_s"] / llama for n, r in rows.items()} if llama else None}
 
 
@@ -191,11 +194,12 @@ def table(result: dict) -> str:
                "| variant | decode tok/s | x fp32 | prefill s | perplexity | rise % | MiB on disk |",
                "|---|---:|---:|---:|---:|---:|---:|"]
         for name, r in lm["variants"].items():
+            size = f"{r['size_bytes'] / 2**20:.0f}" if "size_bytes" in r else "-"
             out.append(f"| {name} | {r['decode_tok_s']:.1f} | {r['decode_speedup_vs_fp32']:.2f} | {r['prefill_s']:.3f} | "
                        f"{r.get('perplexity', float('nan')):.3f} | {r.get('perplexity_rise_pct', float('nan')):.2f} | "
-                       f"{r.get('size_bytes', 0) / 2**20:.0f} |")
+                       f"{size} |")
     if lm and lm["llama_cpp_q4_1_tok_s"]:
-        out.append(f"llama.cpp Q4_1 (2 threads): {lm['llama_cpp_q4_1_tok_s']:.1f} tok/s")
+        out.append(f"llama.cpp Q4_1 ({lm.get('llama_cpp_threads', result['threads'])} threads): {lm['llama_cpp_q4_1_tok_s']:.1f} tok/s")
     enc = result.get("encoder")
     if enc:
         out += ["", "MiniLM SST-2 dev", "| variant | accuracy | examples/s | x fp32 | MiB |", "|---|---:|---:|---:|---:|"]
@@ -208,8 +212,9 @@ def table(result: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer tokens, one repeat, 200 SST-2 examples")
-    ap.add_argument("--methods", default="int8,int4-gs32,int4-gs64,int4-gs128",
-                    help="quantized variants: int8, dynamic-int8, int4-gsN")
+    ap.add_argument("--methods", default="int8,int4-gs32,int4-gs64,int4-gs128,int4-gs32+head-int8",
+                    help="quantized variants: int8, int4-gsN, each with an optional +head-int8 or "
+                         "+head-float (the output head quantized otherwise)")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prefill-tokens", type=int, default=512)
     ap.add_argument("--ppl-tokens", type=int, default=8192)

@@ -106,6 +106,7 @@ CASES = [
     ("convert-missing-src", "convert {root}/nope {new}", "not found"),
     ("convert-existing-out", "convert {run} {data}", "--overwrite"),
     ("convert-bad-dtype", "convert {run} {new} --dtype f64", "invalid choice"),
+    ("convert-q4_0-not-gguf", "convert {run} {new} --to lmforge --dtype q4_0", "--dtype q4_0 is for --to gguf only"),
     # finetune / predict / evaluate / experiment / quickstart
     ("finetune-one-row", "finetune --model {body} --data {one_row} --out_dir {new}", "only 1 example"),
     ("finetune-one-label", "finetune --model {body} --data {one_label} --out_dir {new}", "distinct label"),

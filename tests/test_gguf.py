@@ -428,8 +428,8 @@ def test_write_refuses_what_llama_cpp_cannot_run(small_bpe, shakespeare, tmp_pat
         write_gguf(wrapped, small_bpe, target)
     assert_one_line(exc_info, "language model", "Sequential")
     with pytest.raises(ConfigError) as exc_info:
-        write_gguf(GPT(ModelConfig(**STYLES["gpt2"])), small_bpe, target, dtype="q4_0")
-    assert_one_line(exc_info, "q4_0")
+        write_gguf(GPT(ModelConfig(**STYLES["gpt2"])), small_bpe, target, dtype="q5_k")
+    assert_one_line(exc_info, "q5_k")
     (tmp_path / "train.txt").write_text(shakespeare.read_text(encoding="utf-8")[:20_000])
     wordpiece = train_tokenizer([tmp_path / "train.txt"], kind="wordpiece", vocab_size=300)
     with pytest.raises(ConfigError) as exc_info:

@@ -73,8 +73,8 @@ def test_quantize_model_reports_every_layer_and_keeps_logits_close():
     model = tiny_llama()
     x = torch.randint(0, 512, (2, 24))
     ref = model(x)
-    bounds = {"int8": 0.03, "dynamic-int8": 0.06, "int4": 0.25}
-    for method, gs in METHODS:
+    bounds = {"int8": 0.03, "int4": 0.25}
+    for method, gs in [m for m in METHODS if m[0] != "dynamic-int8"]:
         q = copy.deepcopy(model)
         report = quantize_model(q, method, gs)
         assert isinstance(report, QuantReport)
@@ -91,8 +91,9 @@ def test_layers_the_int4_kernel_cannot_take_are_kept_and_named():
     assert report.skipped == {"lm_head": "500 outputs, not a multiple of 16 (int4 kernel blocks)"}
     assert type(model.lm_head) is torch.nn.Linear
     assert "kept in float: lm_head (500 outputs" in report.summary()
-    head_kept = quantize_model(tiny_llama(), "int8", quantize_head=False)
-    assert "lm_head" in head_kept.skipped and type(tiny_llama().lm_head) is torch.nn.Linear
+    model = tiny_llama()
+    assert "lm_head" in quantize_model(model, "int8", head="float").skipped
+    assert type(model.lm_head) is torch.nn.Linear
 
 
 def test_padded_int4_layers_are_reported():
@@ -105,18 +106,26 @@ def test_padded_int4_layers_are_reported():
     assert rel_err(model(x), ref) < 0.25
 
 
-def test_a_task_head_stays_float_and_is_reported():
+def test_a_task_head_stays_float_and_is_reported(tmp_path):
     torch.manual_seed(0)
     model = TaskModel(build_model(preset("bert-mini", vocab_size=300)), TaskSpec("classification", ["a", "b"]))
-    report = quantize_model(model.eval(), "dynamic-int8")
+    x = torch.randint(0, 300, (3, 12))
+    ref = model.eval()(x)
+    report = quantize_model(model, "dynamic-int8")
     assert list(report.skipped) == ["head"] and "task head" in report.skipped["head"]
     assert isinstance(model.backbone.blocks[0].attn.qkv, Int8Linear)
+    out = model(x)
+    assert rel_err(out, ref) < 0.1
+    loaded, _, _ = load_model(save_pretrained(model, tmp_path / "cls"))
+    assert torch.equal(loaded(x), out)
 
 
 @pytest.mark.parametrize("call,needle", [
     (lambda m: quantize_model(m, "int3"), "method must be one of int8, int4, dynamic-int8"),
     (lambda m: quantize_model(m, "int4", 48), "group size must be one of 32, 64, 128"),
+    (lambda m: quantize_model(m, "int4", head="int2"), "head must be one of same, int8, float"),
     (lambda m: quantize_model(m, "int8") and quantize_model(m, "int8"), "already quantized"),
+    (lambda m: quantize_model(m, "dynamic-int8"), "dynamic-int8 is for encoders"),
     (lambda m: apply_lora(m, ["attn.qkv"]) and quantize_model(m, "int8"), "merge them first"),
 ])
 def test_bad_requests_are_one_line_config_errors(call, needle):
@@ -125,10 +134,12 @@ def test_bad_requests_are_one_line_config_errors(call, needle):
     assert needle in str(exc.value) and "\n" not in str(exc.value)
 
 
-@pytest.mark.parametrize("method,group_size", [("int8", 128), ("int4", 32), ("dynamic-int8", 128)])
-def test_save_and_load_give_the_same_outputs(tmp_path, method, group_size, small_bpe):
+@pytest.mark.parametrize("method,group_size,head", [("int8", 128, "same"), ("int4", 32, "same"),
+                                                    ("int4", 64, "int8")])
+def test_save_and_load_give_the_same_outputs(tmp_path, method, group_size, head, small_bpe):
     model = tiny_llama(vocab=small_bpe.get_vocab_size())
-    quantize_model(model, method, group_size)
+    report = quantize_model(model, method, group_size, head=head)
+    assert report.layer_methods == ({} if head == "same" else {"lm_head": "int8"})
     x = torch.randint(0, 300, (2, 10))
     want = model(x)
     folder = save_pretrained(model, tmp_path / "q", small_bpe)
@@ -136,6 +147,7 @@ def test_save_and_load_give_the_same_outputs(tmp_path, method, group_size, small
     assert config["quantization"]["method"] == method and "model_type" not in config  # lmforge layout
     loaded, tok, _ = load_model(folder)
     assert tok is not None and type(loaded.blocks[0].mlp.fc) is type(model.blocks[0].mlp.fc)
+    assert type(loaded.lm_head) is type(model.lm_head)
     assert torch.equal(loaded(x), want)
     # the int4 file holds half a byte per weight (+ scales), not four
     size = (folder / "model.safetensors").stat().st_size
@@ -202,14 +214,63 @@ def test_smollm2_int8_logits_stay_close_and_greedy_text_agrees(smollm2):
 
 
 @pytest.mark.slow
-def test_llama_cpp_runs_our_q4_0_and_q8_0_like_lmforge(tmp_path, smollm2):
+def test_llama_cpp_reads_our_q8_0_and_q4_0_files_as_lmforge_does(tmp_path, smollm2):
     llama_cpp = pytest.importorskip("llama_cpp")
+    import numpy as np
     model, tok, tok_cfg = smollm2
-    prompt = "The capital of France is"
-    for dtype in ("q8_0", "q4_0"):
+    ids = tok.encode("The capital of France is Paris. The capital of Italy is Rome. The capital of").ids
+    # llama.cpp multiplies q4_0 / q8_0 weights with q8-quantized activations, lmforge in fp32:
+    # (its AVX512/AMX paths): measured max |logit difference| / max |logit| 0.051 (q8_0, next
+    # token the same at every position) and 0.157 (q4_0, the same at 14 of 17 positions)
+    for dtype, bound, agree in (("q8_0", 0.08, 0.95), ("q4_0", 0.22, 0.75)):
         path = write_gguf(model, tok, tmp_path / f"s-{dtype}.gguf", dtype=dtype, tokenizer_config=tok_cfg)
         ours, _, _ = load_gguf(path)
-        want = generate_text(ours, tok, prompt, 8, greedy=True, precision="fp32").text
+        with torch.inference_mode():
+            want = ours(torch.tensor([ids]))[0].float()
         llm = llama_cpp.Llama(model_path=str(path), n_threads=2, n_ctx=256, verbose=False, logits_all=True)
-        got = llm(prompt, max_tokens=8, temperature=0.0, top_k=1)["choices"][0]["text"]
-        assert got[:12] == want[:12], dtype
+        llm.eval(ids)
+        got = torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32))
+        assert rel_err(got, want) < bound, dtype
+        assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= agree, dtype
+
+
+# ---- quantized models through lmforge's commands -------------------------------------------------
+def quantized_folder(src: Path, out: Path, method: str, group_size: int = 128) -> Path:
+    model, tok, tok_cfg = load_model(src)
+    quantize_model(model, method, group_size)
+    return save_pretrained(model, out, tok, tokenizer_config=tok_cfg)
+
+
+def test_score_predict_and_embed_run_quantized_models(tmp_path, tiny_models, tiny_runs):
+    import lmforge
+    from lmforge.evaluation import score_text
+
+    gpt, tok, _ = load_model(tiny_models / "gpt")
+    q_gpt, _, _ = load_model(quantized_folder(tiny_models / "gpt", tmp_path / "gpt-int8", "int8"))
+    text = "to be or not to be, that is the question"
+    assert score_text(q_gpt, tok, text).perplexity == pytest.approx(score_text(gpt, tok, text).perplexity, rel=0.02)
+
+    texts = ["a good film", "a bad day", "a good day", "a bad play"]
+    q_cls = quantized_folder(tiny_runs["classification"], tmp_path / "cls-dyn", "dynamic-int8")
+    want = [r["label"] for r in lmforge.predict(tiny_runs["classification"], texts, device="cpu")]
+    got = lmforge.predict(q_cls, texts, device="cpu")
+    assert [r["label"] for r in got] == want == ["pos", "neg", "pos", "neg"]
+
+    q_bert = quantized_folder(tiny_models / "bert", tmp_path / "bert-int8", "int8")
+    a = lmforge.embed(tiny_models / "bert", texts, normalize=True, device="cpu")
+    b = lmforge.embed(q_bert, texts, normalize=True, device="cpu")
+    assert (a * b).sum(1).min() > 0.99  # cosine of each float / quantized embedding pair
+
+
+def test_serve_answers_with_the_quantized_models_greedy_tokens(tmp_path, tiny_models):
+    httpx = pytest.importorskip("httpx")
+    from lmforge.serving.served import ServedModel
+    from lmforge.serving.server import running_server
+
+    folder = quantized_folder(tiny_models / "gpt", tmp_path / "gpt-int4", "int4", 32)
+    model, tok, _ = load_model(folder)
+    want = generate_text(model, tok, "to be or", 6, greedy=True, precision="fp32").text
+    with running_server(ServedModel.load(folder, precision="fp32", device="cpu")) as url:
+        r = httpx.post(f"{url}/v1/completions", json={"prompt": "to be or", "max_tokens": 6,
+                                                      "temperature": 0}, timeout=60).json()
+    assert r["choices"][0]["text"] == want

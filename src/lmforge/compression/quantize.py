@@ -30,13 +30,15 @@ __all__ = ["GROUP_SIZES", "METHODS", "QuantReport", "quantize_model"]
 class QuantReport:
     """What :func:`quantize_model` did: ``quantized`` layer names, ``skipped`` {name: reason},
     ``padded`` {name: "576 -> 640"} (int4 layers whose input width was zero-padded to a whole
-    number of groups), and the bytes of the linear weights before and after."""
+    number of groups), ``layer_methods`` {name: method} for layers quantized otherwise than
+    ``method`` (the output head with ``head="int8"``), and the bytes of the linear weights before and after."""
 
     method: str
     group_size: int | None
     quantized: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     padded: dict[str, str] = field(default_factory=dict)
+    layer_methods: dict[str, str] = field(default_factory=dict)  # layers quantized otherwise (head)
     float_bytes: int = 0
     quantized_bytes: int = 0
 
@@ -53,16 +55,17 @@ class QuantReport:
 
     def to_dict(self) -> dict:
         return {"method": self.method, "group_size": self.group_size, "quantized": self.quantized,
-                "skipped": self.skipped, "padded": self.padded, "float_bytes": self.float_bytes,
+                "skipped": self.skipped, "padded": self.padded,
+                "layer_methods": self.layer_methods, "float_bytes": self.float_bytes,
                 "quantized_bytes": self.quantized_bytes}
 
 
-def _skip_reason(name: str, module: nn.Linear, model: nn.Module, method: str,
-                 quantize_head: bool) -> str | None:
+HEADS = ("same", "int8", "float")
+
+
+def _skip_reason(name: str, module: nn.Linear, model: nn.Module, method: str) -> str | None:
     if getattr(model, "spec", None) is not None and name == "head":
         return "task head: a few weights, kept in full precision"
-    if name.endswith("lm_head") and not quantize_head:
-        return "output head kept in float (quantize_head=False)"
     if method == "int4" and module.out_features % INT4_OUT_MULTIPLE:
         return f"{module.out_features} outputs, not a multiple of {INT4_OUT_MULTIPLE} (int4 kernel blocks)"
     return None
@@ -73,17 +76,24 @@ def _buffer_bytes(module: nn.Module) -> int:
 
 
 def quantize_model(model: nn.Module, method: str = "int8", group_size: int = 128,
-                   quantize_head: bool = True) -> QuantReport:
+                   head: str = "same") -> QuantReport:
     """Replace ``model``'s linear layers by quantized ones, in place; returns the
     :class:`QuantReport`. ``method``: "int8" (weight-only, per output channel), "int4"
     (weight-only, groups of ``group_size`` in 32/64/128 input features) or "dynamic-int8"
-    (int8 weights and per-call int8 activations; CPU, where it runs through fbgemm; elsewhere it
-    runs weight-only). ``quantize_head``: also quantize a decoder's output head; a head tied to
+    (int8 weights and per-call int8 activations, for encoders; CPU, where it runs through
+    fbgemm; elsewhere it runs weight-only). ``quantize_head``: also quantize a decoder's output head; a head tied to
     the input embedding gets a quantized copy and the embedding stays float (the head is the
     largest single matmul of a small LM's decode step: 49152 x 576 in SmolLM2-135M). Task heads
     and layers the int4 kernel cannot take stay float and are listed in ``report.skipped``.
     The model is put in eval mode: quantized layers are for inference."""
     check_method(method, group_size)
+    if head not in HEADS:
+        raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+    if method == "dynamic-int8" and getattr(model, "kind", "encoder") != "encoder":
+        # Per-tensor int8 activations meet the outlier channels of decoder LMs: SmolLM2-135M's
+        # WikiText-2 perplexity goes 12.79 -> 32.7 (weight-only int8: 12.88).
+        raise ConfigError(f"dynamic-int8 is for encoders (int8 activations wreck a {model.kind}: "
+                          "SmolLM2-135M perplexity 12.8 -> 32.7); use int8 or int4")
     if quantization_of(model) is not None:
         raise ConfigError(f"the model is already quantized ({quantization_of(model)['method']}); "
                           "quantize the float model")
@@ -95,11 +105,17 @@ def quantize_model(model: nn.Module, method: str = "int8", group_size: int = 128
         raise ConfigError("the model has no linear layers to quantize")
     with torch.no_grad():
         for name, linear in targets:
-            why = _skip_reason(name, linear, model, method, quantize_head)
+            layer_method = method
+            if name.endswith("lm_head") and head != "same":
+                if head == "float":
+                    report.skipped[name] = "output head kept in float (head='float')"
+                    continue
+                layer_method = report.layer_methods[name] = head
+            why = _skip_reason(name, linear, model, layer_method)
             if why is not None:
                 report.skipped[name] = why
                 continue
-            layer = quantized_layer(linear, method, group_size)
+            layer = quantized_layer(linear, layer_method, group_size)
             report.float_bytes += linear.weight.numel() * linear.weight.element_size()
             report.quantized_bytes += _buffer_bytes(layer) - (
                 layer.bias.numel() * layer.bias.element_size() if layer.bias is not None else 0)
@@ -110,7 +126,8 @@ def quantize_model(model: nn.Module, method: str = "int8", group_size: int = 128
     if not report.quantized:
         raise ConfigError(f"no linear layer could be quantized with {method}: "
                           + "; ".join(f"{n}: {w}" for n, w in list(report.skipped.items())[:3]))
-    model.quantization = {"method": method, "group_size": report.group_size, "layers": report.quantized}
+    model.quantization = {"method": method, "group_size": report.group_size, "layers": report.quantized,
+                          "layer_methods": report.layer_methods}
     model.eval()
     return report
 

@@ -274,14 +274,17 @@ def apply_quantized_layout(model: nn.Module, spec: dict, source: str = "") -> nn
         raise CheckpointError(f"{source}: malformed quantization section in config.json") from None
     if method not in METHODS:
         raise CheckpointError(f"{source}: unknown quantization method {method!r}")
+    per_layer = spec.get("layer_methods") or {}
     for name in layers:
+        if per_layer.get(name, method) not in METHODS:
+            raise CheckpointError(f"{source}: unknown quantization method {per_layer[name]!r} for {name}")
         try:
             linear = model.get_submodule(name)
         except AttributeError:
             raise CheckpointError(f"{source}: quantized layer {name} is not in the model") from None
         if not isinstance(linear, nn.Linear):
             raise CheckpointError(f"{source}: quantized layer {name} is not a linear layer")
-        replace_module(model, name, empty_layer(linear, method, group_size))
+        replace_module(model, name, empty_layer(linear, per_layer.get(name, method), group_size))
     model.quantization = dict(spec)
     return model
 
