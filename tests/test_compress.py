@@ -108,6 +108,7 @@ def test_compress_a_decoder_with_every_kind_of_method(tiny_models, tmp_path):
     ppl = {n: r["metrics"]["perplexity"] for n, r in rows.items()}
     assert abs(ppl["int8"] / ppl["original"] - 1) < 0.01  # int8 barely moves a model's scores
     assert abs(ppl["int4-g32"] / ppl["original"] - 1) < 0.10
+    assert rows["int4-g32"]["steps"][0]["layer_methods"] == {"lm_head": "int8"}  # --head int8
     for name, dense in (("prune50", "original"), ("wanda50+int8", "int8")):
         block = rows[name]["steps"][0]  # half the block weights are zeros now
         assert block["sparsity"] == pytest.approx(0.5, abs=0.01)

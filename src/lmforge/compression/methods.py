@@ -122,12 +122,14 @@ def parse_methods(spec: str | list[str], group_size: int = 128) -> list[Method]:
 
 
 def apply_step(model: torch.nn.Module, step: Step, calibration: Callable[[], list] | None,
-               log: Callable[[str], None] = print) -> dict:
+               log: Callable[[str], None] = print, head: str = "same") -> dict:
     """Change ``model`` in place by ``step``; returns the step's report as a dict (layers
-    quantized or pruned, layers left as they were and why, sparsity reached)."""
+    quantized or pruned, layers left as they were and why, sparsity reached). ``head``: how
+    quantization treats a decoder's output head (see ``quantize_model``)."""
     if step.kind == "quantize":
         report = quantize_model(model, step.options["method"],
-                                group_size=step.options.get("group_size", 128))
+                                group_size=step.options.get("group_size", 128),
+                                head="same" if step.options["method"] == "dynamic-int8" else head)
     elif step.kind in ("unstructured", "structured"):
         prune = prune_unstructured if step.kind == "unstructured" else prune_structured
         report = prune(model, calibration=calibration() if step.needs_calibration else None,
