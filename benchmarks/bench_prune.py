@@ -126,7 +126,7 @@ def size_on_disk(model, tok, folder: Path) -> int:
 
 
 def encoder_rows(args) -> list[dict]:
-    base, tok, tok_cfg = load_model(args.encoder)
+    base, tok, _ = load_model(args.encoder)
     objective = task_objective(base, tok)
     dev = objective.featurize(objective.read(str(SST2 / "dev.tsv")), training=False)
     batches = objective.eval_batches(dev, 0, 64, 0)
