@@ -107,6 +107,16 @@ CASES = [
     ("convert-existing-out", "convert {run} {data}", "--overwrite"),
     ("convert-bad-dtype", "convert {run} {new} --dtype f64", "invalid choice"),
     ("convert-q4_0-not-gguf", "convert {run} {new} --to lmforge --dtype q4_0", "--dtype q4_0 is for --to gguf only"),
+    # compress
+    ("compress-unknown-method", "compress {run} --methods int3 --out {new}", "unknown compress method 'int3'"),
+    ("compress-bad-group-size", "compress {run} --methods int4-g48 --out {new}", "group size must be one of"),
+    ("compress-quantize-then-prune", "compress {run} --methods int8+wanda50 --out {new}", "quantization must be the last"),
+    ("compress-existing-out", "compress {run} --methods int8 --out {data}", "--overwrite"),
+    ("compress-missing-eval-data", "compress {run} --methods int8 --eval-data {root}/nope.txt --out {new}", "not found"),
+    ("compress-task-without-eval-data", "compress {ft_enc} --methods dynamic-int8 --out {new}", "--eval-data"),
+    ("compress-dynamic-int8-decoder", "compress {run} --methods dynamic-int8 --eval-data {corpus} --eval-tokens 64 "
+     "--prompt-tokens 8 --new-tokens 2 --repeats 1 --out {new}", "dynamic-int8 is for encoders"),
+    ("compress-recover-without-data", "compress {run} --methods prune50 --recover-steps 5 --out {new}", "--recover-data"),
     # finetune / predict / evaluate / experiment / quickstart
     ("finetune-one-row", "finetune --model {body} --data {one_row} --out_dir {new}", "only 1 example"),
     ("finetune-one-label", "finetune --model {body} --data {one_label} --out_dir {new}", "distinct label"),
