@@ -28,7 +28,7 @@ _EXPORTS = {
     "score_text": ".evaluation.scoring",
     "GPT": ".models", "PRESETS": ".models", "ModelConfig": ".models", "from_pretrained": ".hub",
     "preset": ".models", "save_pretrained": ".api",
-    "convert": ".api", "embed": ".api", "evaluate": ".api", "finetune": ".api", "plan": ".api",
+    "convert": ".api", "distill": ".api", "keep_layers": ".models.layers", "embed": ".api", "evaluate": ".api", "finetune": ".api", "plan": ".api",
     "predict": ".api", "pipeline": ".pipelines",
     "load_tokenizer": ".tokenization", "save_tokenizer": ".tokenization",
     "train_tokenizer": ".tokenization",

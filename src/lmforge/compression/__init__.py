@@ -1,0 +1,1 @@
+"""Model compression: smaller, faster models from trained ones (distillation: :mod:`.distill`)."""
