@@ -222,3 +222,35 @@ def test_cli_distills_a_finetuned_classifier(tiny_models, tmp_path):
     assert metrics["accuracy"] >= 0.9
     rows = [json.loads(line) for line in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
     assert any("kd_loss" in r and "attention_loss" in r and "hidden_loss" in r for r in rows)
+
+
+def test_task_agnostic_encoder_distillation_on_unlabeled_text(tiny_models, tmp_path):
+    """MiniLM-style: a student without an MLM head learns the teacher's last-layer relations
+    and hidden states from raw text; with MLM heads on both, masked-token logits too."""
+    import lmforge
+    from lmforge.hub import load_model
+    from lmforge.interop.model_folder import save_pretrained
+    teacher, tok, _ = load_model(tiny_models / "bert")
+    data = tmp_path / "data"
+    lmforge.prepare_corpus([tiny_models / "corpus.txt"], tok, data, workers=1, val_fraction=0.1,
+                           split_on_blank_lines=True)
+    torch.manual_seed(7)
+    shape = dict(vocab_size=teacher.config.vocab_size, context_length=64, n_layer=1, n_head=2, n_embd=32)
+    # Peaky attention (large init) against the untrained teacher's nearly uniform one.
+    save_pretrained(build_model(preset("bert-mini", mlm_head=False, init_std=0.5, **shape)),
+                    tmp_path / "headless", tok)
+    common = dict(data=data, alpha=1.0, attention_weight=1.0, hidden_weight=1.0, batch_size=8,
+                  block_size=32, lr=3e-3, eval_batches=4, **FAST)
+    before = lmforge.distill(tiny_models / "bert", str(tmp_path / "headless"), out_dir=tmp_path / "r0",
+                             max_steps=1, **{**common, "lr": 1e-9})
+    after = lmforge.distill(tiny_models / "bert", str(tmp_path / "headless"), out_dir=tmp_path / "r1",
+                            max_steps=40, **common)
+    assert after["val_attention_loss"] < 0.7 * before["val_attention_loss"], (before, after)
+    assert after["val_hidden_loss"] < 0.7 * before["val_hidden_loss"]
+    with pytest.raises(ConfigError, match="masked-LM heads"):
+        lmforge.distill(tiny_models / "bert", str(tmp_path / "headless"), out_dir=tmp_path / "r2",
+                        max_steps=1, **{**common, "alpha": 0.5})
+    save_pretrained(build_model(preset("bert-mini", **shape)), tmp_path / "headed", tok)
+    logits = lmforge.distill(tiny_models / "bert", str(tmp_path / "headed"), out_dir=tmp_path / "r3",
+                             max_steps=2, **{**common, "alpha": 0.5})
+    assert "val_mlm_acc" in logits and logits["val_teacher_kl"] > 0

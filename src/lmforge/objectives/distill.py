@@ -168,6 +168,10 @@ class Adapter:
 
     causal = False
     distributions = True  # outputs are logits of distributions (validation reports their KL)
+    has_hard_loss = True  # the wrapped objective's validation works on the student
+
+    def check_model(self, inner, model) -> None:
+        inner.check_model(model)
 
     def outputs(self, model, batch) -> torch.Tensor:
         raise NotImplementedError
@@ -202,12 +206,18 @@ class MaskedLMAdapter(Adapter):
     term; with alpha = 1 and relation or hidden transfer only, neither does)."""
 
     def __init__(self, logits: bool):
-        self.logits = self.distributions = logits
+        self.logits = self.distributions = self.has_hard_loss = logits
+
+    def check_model(self, inner, model) -> None:
+        if self.logits:
+            inner.check_model(model)
+        elif not model.is_encoder:
+            raise ConfigError(f"masked-LM distillation needs an encoder student, got a {model.kind}")
 
     def outputs(self, model, batch):
         hidden = model(batch["input_ids"])
         if not self.logits:
-            return hidden
+            return hidden[:, :1]  # no logits to compare: the transfer terms carry the loss
         return model.mlm_logits(hidden, batch["labels"] != -100)
 
     def hard_loss(self, outputs, batch):
@@ -246,7 +256,7 @@ class Distillation:
         return {"teacher": self.teacher, **self.inner.frozen_modules()}
 
     def check_model(self, model: torch.nn.Module) -> None:
-        self.inner.check_model(model)
+        self.adapter.check_model(self.inner, model)
         o = self.options
         if o.hidden_weight > 0:
             s, t = model.config.n_embd, self.teacher.config.n_embd
@@ -316,6 +326,8 @@ class Distillation:
         """The wrapped objective's validation metrics (the student's own loss, perplexity,
         accuracy...) and, when the teacher is used, ``val_teacher_kl``: KL(teacher || student)
         at temperature 1 over the same batches."""
+        if not self.adapter.has_hard_loss:  # relations/hidden states only: their loss
+            return self._transfer_evaluate(model, batches, device, autocast_ctx)
         out = self.inner.evaluate(model, batches, device, autocast_ctx)
         if not (self.options.uses_teacher and self.adapter.distributions):
             return out
@@ -327,6 +339,16 @@ class Distillation:
             n = s.flatten(0, -2).shape[0]
             total, rows = total + float(kd_loss(s, t, 1.0)) * n, rows + n
         return {**out, "val_teacher_kl": total / max(rows, 1)}
+
+    def _transfer_evaluate(self, model, batches, device, autocast_ctx) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast_ctx():
+                total, parts = self.loss_terms(model, batch)
+            for k, v in {"loss": total, **{f"{k}_loss": v for k, v in parts.items() if k != "hard"}}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        return {f"val_{k}": v / max(len(batches), 1) for k, v in sums.items()}
 
     def log_metrics(self) -> dict[str, float]:
         """The mean of each loss term since the last log, beside the inner objective's."""
