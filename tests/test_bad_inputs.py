@@ -140,6 +140,23 @@ CASES = [
     ("evaluate-missing-model", "evaluate --model {root}/nope --data {train}", "not found"),
     ("experiment-missing-data", "experiment pretrain-vs-scratch --model {body} --data {root}/nope.tsv "
      "--out_dir {new}", "not found"),
+    # distill
+    ("distill-missing-teacher", "distill --teacher {root}/nope --data {train} --out {new}", "teacher not found"),
+    ("distill-bad-student", "distill --teacher {ft_enc} --student tiny:3 --data {train} --out {new}",
+     "student must be"),
+    ("distill-layer-out-of-range", "distill --teacher {ft_enc} --student layers:0,7 --data {train} --out {new}",
+     "out of range"),
+    ("distill-alpha-above-one", "distill --teacher {ft_enc} --data {train} --out {new} --alpha 2", "alpha"),
+    ("distill-zero-temperature", "distill --teacher {ft_enc} --data {train} --out {new} --temperature 0",
+     "temperature"),
+    ("distill-base-teacher-logits", "distill --teacher {body} --student keep:1 --data {train} --out {new}",
+     "fine-tuned"),
+    ("distill-task-teacher-on-corpus", "distill --teacher {ft_enc} --student keep:1 --data {data} --out {new}",
+     "task model"),
+    ("distill-tokenizer-mismatch", "distill --teacher {body} --student keep:1 --data {data} --out {new} "
+     "--alpha 1 --attention-weight 1", "different tokenizer"),
+    ("distill-existing-out", "distill --teacher {ft_enc} --student keep:1 --data {train} --out {ft_dec}",
+     "--overwrite"),
     ("quickstart-missing-corpus", "quickstart --out {new} --corpus {root}/nope.txt", "not found"),
     ("quickstart-zero-steps", "quickstart --out {new} --max-steps 0", "max_steps"),
     ("quickstart-over-a-run", "quickstart --out {run} --max-steps 1", "not a quickstart folder"),

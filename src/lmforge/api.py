@@ -27,7 +27,8 @@ from .errors import ConfigError, DataError
 from .interop.model_folder import save_pretrained
 from .runtime import INFERENCE_PRECISION
 
-__all__ = ["compress", "convert", "embed", "evaluate", "finetune", "plan", "predict", "save_pretrained"]
+__all__ = ["compress", "convert", "distill", "embed", "evaluate", "finetune", "plan", "predict",
+           "save_pretrained"]
 
 # Precision of the scoring and analysis functions, their commands' --precision default: fp32 makes
 # scores equal to fp32 transformers'; "auto" (bf16 autocast where fast) for speed. Generation
@@ -244,4 +245,33 @@ def finetune(model: str | Path | torch.nn.Module | None, data: str | Path | None
                 given["tokenizer"] = str(tokenizer)
             cfg = from_dict(FinetuneConfig, given, where="lmforge.finetune")
             result = run_finetune(cfg, list(seeds) if seeds else None, overwrite=overwrite)
+    return {**result, "out_dir": str(out_dir)}
+
+
+def distill(teacher: str | Path, student: str = "keep:2", data: str | Path | None = None, *,
+            out_dir: str | Path = "runs/distill", val_data: str | Path = "",
+            task: str = "classification", temperature: float = 2.0, alpha: float = 0.5,
+            hidden_weight: float = 0.0, attention_weight: float = 0.0,
+            overwrite: bool = False, resume: bool = False, **fields) -> dict:
+    """Distil ``teacher`` into ``student`` on ``data`` (as `lmforge distill`): a labeled task
+    file with a fine-tuned teacher (task distillation) or a prepared dataset with a language
+    model or encoder teacher. ``student`` is ``keep:K``, ``layers:0,2,4``, a preset or a model
+    folder. ``fields`` are DistillConfig's (epochs, max_steps, lr, batch_size, block_size,
+    relation_heads, from_scratch, ...). The student goes to OUT_DIR/model, its report to
+    OUT_DIR/distill.json; returns the final metrics (``val_*``, ``step``, ...) with
+    ``out_dir``. ``resume`` continues the run in ``out_dir`` (``data`` may then be None)."""
+    from .compression.distill import DistillConfig, distill as run_distill, resume_config
+    from .config import from_dict
+    clean = {k: str(v) if isinstance(v, Path) else v for k, v in fields.items()}
+    if resume:
+        result = run_distill(resume_config(out_dir, clean), resume=True)
+        return {**result, "out_dir": str(out_dir)}
+    if data is None:
+        raise ConfigError("distill needs training data (None only with resume=True)")
+    given = {"teacher": str(teacher), "student": str(student), "data": str(data),
+             "out_dir": str(out_dir), "val_data": str(val_data), "task": task,
+             "temperature": temperature, "alpha": alpha, "hidden_weight": hidden_weight,
+             "attention_weight": attention_weight, **clean}
+    cfg = from_dict(DistillConfig, given, where="lmforge.distill")
+    result = run_distill(cfg, overwrite=overwrite)
     return {**result, "out_dir": str(out_dir)}

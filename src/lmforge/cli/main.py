@@ -34,6 +34,7 @@ COMMANDS = {
     "convert": ("convert_cmd", "convert models between lmforge, Hugging Face and GGUF"),
     "compress": ("compress_cmd", "quantize / prune a model and compare size, speed and quality"),
     "finetune": ("finetune_cmd", "fine-tune a pretrained model on a labeled task"),
+    "distill": ("distill_cmd", "distil a teacher into a smaller, faster student"),
     "predict": ("predict_cmd", "predict with a fine-tuned model, file or stdin -> JSONL"),
     "evaluate": ("evaluate_cmd", "metrics of a fine-tuned model on a labeled file"),
     "experiment": ("experiment_cmd", "pretrain-vs-scratch: does pretraining help on a task?"),

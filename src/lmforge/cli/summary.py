@@ -47,15 +47,16 @@ def run_summary(command: str, run_dir: str | Path, result: dict, *, task: str | 
         lines[0] += f" (best {metric.removeprefix('val_')} {best:.4f} at step {best_step})"
     lines += _metric_lines(result)
     where = [("model", run / "model")]
-    if (run / "eval.json").is_file():
-        where.append(("eval", run / "eval.json"))
+    for name in ("eval", "distill"):
+        if (run / f"{name}.json").is_file():
+            where.append((name, run / f"{name}.json"))
     where.append(("metrics", run / "metrics.jsonl"))
     plots = [run / name for name in ("loss.png", "confusion.png") if (run / name).is_file()]
     if plots:
         where.append(("plots", ", ".join(map(str, plots))))
     width = max(len(name) for name, _ in where) + 2
     lines += [f"{name:<{width}}{path}" for name, path in where]
-    if command == "finetune":
+    if command == "finetune" or task is not None:
         lines.append(f"next: lmforge predict --model {q} --data FILE    "
                      f"(or lmforge evaluate --model {q} --data LABELED_FILE)")
     elif objective in MASKED_OBJECTIVES:
