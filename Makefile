@@ -28,7 +28,7 @@ demo: $(VENV)/.installed
 	$(BIN)/lmforge quickstart
 
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-all: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -m ''

@@ -51,7 +51,7 @@ def keep(result: dict, name: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smol-methods", default="int8,int4-g32,int4,wanda50,wanda2:4,prune50,wanda50+int8")
+    ap.add_argument("--smol-methods", default="int8,int4-g32,int4,wanda50,wanda50+int8")
     ap.add_argument("--smol-student", help="a distilled SmolLM2 student (lmforge distill run)")
     ap.add_argument("--minilm", default="/work/artifacts/minilm-sst2/model",
                     help="all-MiniLM-L6-v2 fine-tuned on SST-2 (lmforge finetune run or model folder)")

@@ -370,6 +370,8 @@ def plot_pareto(result: dict, path: str | Path) -> Path:
             ax.plot(fx, fq, color="tab:red", alpha=0.6, zorder=2, label="Pareto frontier")
             ax.legend(fontsize=8, loc="best")
         ax.set_xlabel(xlabel)
+        if not higher and max(p[1] for p in pts) > 4 * min(p[1] for p in pts):
+            ax.set_yscale("log")  # a pruned model's perplexity can be 100x the original's
         ax.set_ylabel(q_name + ("" if higher else " (lower is better)"))
         ax.grid(alpha=0.3)
     fig.suptitle(f"{Path(result['model']).name}: compressed variants ({result['device']}, "
