@@ -60,9 +60,10 @@ class CompressOptions:
     repeats: int = _help("timings: median of this many runs after a warm-up", 3)
     batch_size: int = _help("task models and encoders: examples per forward pass", 32)
     group_size: int = _help("int4 group size when a method does not name one (32, 64, 128)", 128)
-    head: str = _help("a decoder's output head under int8/int4: int8 (int4 loses most of its "
-                      "quality there: SmolLM2 int4 +4.6% perplexity with an int4 head, +0.1% "
-                      "with a float one), same (the method's), or float", "int8")
+    head: str = dataclasses.field(default="int8", metadata={
+        "help": "a decoder's output head under int8/int4: int8 (int4 loses most of its quality "
+                "there: SmolLM2 int4 perplexity +4.6 percent with an int4 head, +0.3 with an int8 "
+                "one), same (the method's), or float", "choices": ("int8", "same", "float")})
     precision: str = _help("precision of the measurements (fp32 compares with the original "
                            "as saved; quantized layers use their own kernels)", "fp32")
     device: str = _help("auto, cpu, cuda, ...", "auto")
@@ -343,6 +344,7 @@ def plot_pareto(result: dict, path: str | Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = result["rows"]
     q_name, _, higher = _quality(rows[0])
@@ -364,7 +366,10 @@ def plot_pareto(result: dict, path: str | Path) -> Path:
             on = (x, q) in frontier
             ax.scatter([x], [q], s=50, color="tab:red" if on else "white",
                        edgecolors="tab:red" if on else "tab:gray", zorder=3)
-            ax.annotate(r["name"], (x, q), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            label = r["name"]
+            if r["steps"] and r["steps"][0].get("step") == "external":
+                label = "model:" + Path(r["steps"][0]["path"]).name  # the folder, not its path
+            ax.annotate(label, (x, q), textcoords="offset points", xytext=(5, 4), fontsize=8)
         if len(frontier) > 1:
             fx, fq = zip(*sorted(frontier))
             ax.plot(fx, fq, color="tab:red", alpha=0.6, zorder=2, label="Pareto frontier")
@@ -372,9 +377,15 @@ def plot_pareto(result: dict, path: str | Path) -> Path:
         ax.set_xlabel(xlabel)
         if not higher and max(p[1] for p in pts) > 4 * min(p[1] for p in pts):
             ax.set_yscale("log")  # a pruned model's perplexity can be 100x the original's
+            plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
+            ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_ylabel(q_name + ("" if higher else " (lower is better)"))
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{Path(result['model']).name}: compressed variants ({result['device']}, "
+    source = Path(result["model"])
+    name = source.parent.name if source.name == "model" else source.name  # a run's model/
+    fig.suptitle(f"{name}: compressed variants ({result['device']}, "
                  f"{result['threads']} threads, {result['precision']})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
