@@ -82,7 +82,8 @@ def test_generate_chat_stops_at_the_end_of_its_turn(smollm2):
 
 def test_plain_generation_stops_at_im_end(smollm2):
     """A prompt in the chat format, given as plain text: the reply ends at <|im_end|> instead of
-    running on into invented turns, in the API and in `lmforge generate`."""
+    running on into invented turns (`lmforge generate` takes the same stop ids: see
+    test_generate_chat_stops_at_the_end_of_its_turn)."""
     path, model, tok, tok_cfg = smollm2
     prompt = ("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
               "<|im_start|>assistant\n")
@@ -94,11 +95,6 @@ def test_plain_generation_stops_at_im_end(smollm2):
     assert generate_text(model, tok, after_turn + "<|im_start|>user\nThanks!<|im_end|>\n"
                          "<|im_start|>assistant\nYou're welcome!", 40, greedy=True,
                          tokenizer_config=tok_cfg).finish_reason == "stop"
-    proc = run_cli("generate", "--model", path, "--prompt", prompt, "--greedy",
-                   "--max-new-tokens", "60", "--json", timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    row = json.loads(proc.stdout)
-    assert row["finish_reason"] == "stop" and "<|im_start|>" not in row["completion"]
 
 
 def test_generate_chat_api_renders_the_conversation(smollm2):
