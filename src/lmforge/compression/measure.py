@@ -22,10 +22,10 @@ from ..errors import ConfigError, DataError
 from ..evaluation.embeddings import embed
 from ..evaluation.scoring import token_logprobs
 from ..generation.sampling import generate
-from ..models.quantized import QuantizedLinear
 from ..runtime import autocast, resolve_precision
 from ..tasks.inference import objective_for
 from ..tokenization.info import encode, eos_token_id
+from . import prune_report
 
 PPL_WINDOW = 1024  # tokens per scoring window (stride half of it), below every model's context
 
@@ -56,25 +56,7 @@ def weights_bytes(folder: str | Path) -> int:
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     """{"parameters": weights the model computes with (a quantized layer counts its logical
     in x out matrix), "nonzero": those that are not zero (pruned weights are)}."""
-    total = nonzero = 0
-    seen: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, QuantizedLinear):  # packed integers stand for in x out weights
-            weight = module.dequantize(torch.float32)
-            total += weight.numel() + (module.bias.numel() if module.bias is not None else 0)
-            nonzero += int(torch.count_nonzero(weight).item()) + (
-                int(torch.count_nonzero(module.bias).item()) if module.bias is not None else 0)
-            for p in module.parameters(recurse=False):
-                seen.add(id(p))
-            for b in module.buffers(recurse=False):
-                seen.add(id(b))
-            continue
-        for p in module.parameters(recurse=False):
-            if id(p) in seen:  # tied weights count once
-                continue
-            seen.add(id(p))
-            total += p.numel()
-            nonzero += int(torch.count_nonzero(p).item())
+    total, nonzero = prune_report.count_parameters(model)
     return {"parameters": total, "nonzero": nonzero}
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
+
 
 @dataclasses.dataclass
 class PruneReport:
@@ -60,12 +62,20 @@ def _short(value: Any) -> Any:
 
 
 def count_parameters(model) -> tuple[int, int]:
-    """(unique parameters, nonzero among them)."""
+    """(weights the model computes with, nonzero among them): tied weights count once, and a
+    quantized layer counts the in x out matrix its packed integers stand for."""
+    from ..models.quantized import QuantizedLinear
     seen, total, nonzero = set(), 0, 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        nonzero += int(p.count_nonzero())
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if isinstance(module, QuantizedLinear):
+            weight = module.dequantize(torch.float32)
+            total, nonzero = total + weight.numel(), nonzero + int(weight.count_nonzero())
+            own = [module.bias] if module.bias is not None else []
+        for p in own:
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            total += p.numel()
+            nonzero += int(p.count_nonzero())
     return total, nonzero
