@@ -10,7 +10,7 @@ from pathlib import Path
 from ..config import add_dataclass_flags, flags_to_dict, options_from_dict
 from ..errors import LMForgeError
 from .flags import add_out_flag, examples
-from .inference import add_model_flags
+from .inference import add_model_flags, add_positional_model, model_argument
 
 
 def register(sub) -> None:
@@ -30,13 +30,9 @@ def register(sub) -> None:
             "lmforge compress runs/sst2 --methods dynamic-int8,heads25,model:runs/sst2-student "
             "--eval-data dev.tsv --calibration train.tsv",
             "lmforge generate --model runs/compress/variants/int8 --prompt 'ROMEO:'"))
-    p.add_argument("model_path", nargs="?", metavar="MODEL",
-                   help="the model to compress (or --model): a model or run folder, Hugging Face "
-                        "folder, or .gguf file")
     add_model_flags(p)
-    for action in p._actions:  # MODEL may come positionally instead
-        if action.dest == "model":
-            action.required = False
+    add_positional_model(p, "the model to compress (or --model): a model or run folder, Hugging Face "
+                         "folder, or .gguf file")
     add_out_flag(p, default="runs/compress", metavar="DIR",
                  help="output folder for the report and the variants' model folders")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -49,11 +45,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..compression.report import CompressOptions, compress, format_table
 
-    path = args.model or args.model_path
-    if not path:
-        raise LMForgeError("no model: pass MODEL (or --model MODEL)")
-    if args.model and args.model_path and args.model != args.model_path:
-        raise LMForgeError(f"two models given: {args.model_path} and --model {args.model}")
+    path = model_argument(args)
     if args.tokenizer:
         raise LMForgeError("compress saves each variant with the model's own tokenizer; "
                            "--tokenizer does not apply")

@@ -39,6 +39,25 @@ def add_model_flags(p: argparse.ArgumentParser, precision: str = INFERENCE_PRECI
                    help=PRECISION_HELP[precision])
 
 
+def add_positional_model(p: argparse.ArgumentParser, help: str) -> None:
+    """MODEL as a positional argument beside --model (which then is no longer required); read
+    it back with :func:`model_argument`."""
+    p.add_argument("model_path", nargs="?", metavar="MODEL", help=help)
+    for action in p._actions:
+        if action.dest == "model":
+            action.required = False
+
+
+def model_argument(args: argparse.Namespace) -> str:
+    """The model given positionally or by --model (one of them, not two different ones)."""
+    if args.model and args.model_path and args.model != args.model_path:
+        raise LMForgeError(f"two models given: {args.model_path} and --model {args.model}")
+    path = args.model or args.model_path
+    if not path:
+        raise LMForgeError("no model: pass MODEL (or --model MODEL)")
+    return path
+
+
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     """The sampling flags of the generating commands (`generate`, `chat`), with the defaults of
     the Python API."""

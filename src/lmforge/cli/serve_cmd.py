@@ -7,7 +7,7 @@ import argparse
 from ..config import add_dataclass_flags, flags_to_dict, options_from_dict
 from ..errors import LMForgeError
 from .flags import examples
-from .inference import add_model_flags
+from .inference import add_model_flags, add_positional_model, model_argument
 from ..runtime import GENERATION_PRECISION
 
 
@@ -25,13 +25,9 @@ def register(sub) -> None:
                         "lmforge serve runs/sst2 --host 0.0.0.0 --api-key $KEY",
                         "curl localhost:8000/v1/completions -H 'Content-Type: application/json' "
                         "-d '{\"prompt\": \"ROMEO:\", \"max_tokens\": 40}'"))
-    p.add_argument("model_path", nargs="?", metavar="MODEL",
-                   help="the model to serve (or --model): a model or run folder, Hugging Face "
-                        "folder, or .gguf file")
     add_model_flags(p, precision=GENERATION_PRECISION)
-    for action in p._actions:  # MODEL may come positionally instead
-        if action.dest == "model":
-            action.required = False
+    add_positional_model(p, "the model to serve (or --model): a model or run folder, Hugging Face "
+                         "folder, or .gguf file")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind; anything but loopback requires --api-key")
     p.add_argument("--port", type=int, default=8000, help="port to bind (0: any free port)")
@@ -47,11 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from ..serving.served import ServedModel
     from ..serving.server import announce, check_host, serve
 
-    path = args.model or args.model_path
-    if not path:
-        raise LMForgeError("no model: pass MODEL (or --model MODEL)")
-    if args.model and args.model_path and args.model != args.model_path:
-        raise LMForgeError(f"two models given: {args.model_path} and --model {args.model}")
+    path = model_argument(args)
     if not 0 <= args.port <= 65535:
         raise LMForgeError(f"--port must be in 0..65535, got {args.port}")
     options = options_from_dict(ServeOptions, flags_to_dict(args, ServeOptions), where="flag")
