@@ -117,6 +117,16 @@ CASES = [
     ("compress-dynamic-int8-decoder", "compress {run} --methods dynamic-int8 --eval-data {corpus} --eval-tokens 64 "
      "--prompt-tokens 8 --new-tokens 2 --repeats 1 --out {new}", "dynamic-int8 is for encoders"),
     ("compress-recover-without-data", "compress {run} --methods prune50 --recover-steps 5 --out {new}", "--recover-data"),
+    # scale
+    ("scale-plan-no-budget", "scale plan --data {data}", "exactly one of --compute, --budget and --time"),
+    ("scale-plan-two-budgets", "scale plan --data {data} --compute 1e12 --time 5m", "exactly one of"),
+    ("scale-plan-bad-duration", "scale plan --data {data} --time soon", "duration"),
+    ("scale-plan-not-a-dataset", "scale plan --data {corpus} --compute 1e12", "not a prepared dataset"),
+    ("scale-plan-into-existing", "scale plan --data {data} --compute 1e12 --sizes 2 --out {new}", "--sizes"),
+    ("scale-run-without-plan", "scale run {data}", "no sweep plan"),
+    ("scale-fit-missing-table", "scale fit {root}/nope.csv", "no such table"),
+    ("scale-fit-text-file", "scale fit {corpus}", "needs columns n"),
+    ("scale-predict-missing-fit", "scale predict {root}/nope.json --compute 1e15", "no fit"),
     # finetune / predict / evaluate / experiment / quickstart
     ("finetune-one-row", "finetune --model {body} --data {one_row} --out_dir {new}", "only 1 example"),
     ("finetune-one-label", "finetune --model {body} --data {one_label} --out_dir {new}", "distinct label"),

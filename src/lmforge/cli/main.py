@@ -24,6 +24,7 @@ COMMANDS = {
     "models": ("models_cmd", "list model presets with parameter counts"),
     "pretrain": ("pretrain_cmd", "pretrain a model with an objective on a prepared dataset"),
     "plan": ("plan_cmd", "FLOPs, memory per GPU (DDP vs FSDP) and time to a token budget"),
+    "scale": ("scale_cmd", "scaling laws: plan, run and fit a sweep, predict a bigger run"),
     "generate": ("generate_cmd", "generate text from a trained model"),
     "chat": ("chat_cmd", "chat with a model in the terminal (history, streaming, /save)"),
     "score": ("score_cmd", "log-probability and perplexity of text under a model"),

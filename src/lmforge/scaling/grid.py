@@ -285,6 +285,11 @@ def save_plan(plan: dict, out: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
+def options_from_plan(plan: dict) -> ScalePlanOptions:
+    from ..config import from_dict
+    return from_dict(ScalePlanOptions, plan["options"], where="plan.json")
+
+
 def load_plan(folder: str | Path) -> dict:
     path = Path(folder)
     path = path / PLAN_FILE if path.is_dir() else path
