@@ -41,7 +41,7 @@ def register(actions: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..scaling.search import SearchOptions, format_leaderboard, run_search
+    from ..scaling.search import SearchOptions, run_search
     opts = from_dict(SearchOptions, flags_to_dict(args, SearchOptions), where="command line")
     terminal = sys.stderr.isatty()
 
@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
 def summary(result: dict) -> str:
     """The human end of `lmforge scale search`: leaderboard, where the files are, what next."""
+    from ..scaling.search import format_leaderboard
     out = shlex.quote(result["out"])
     lines = [f"\n{result['trials']} trials of {result['candidates']} configs within the "
              f"constraint; rungs of {', '.join(f'{t:,}' for t in result['rung_tokens'])} tokens; "

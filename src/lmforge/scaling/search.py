@@ -254,8 +254,8 @@ def constrained(opts: SearchOptions, archs: list[dict], out: Path, *,
     cache_path = out / LATENCY_FILE
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     kept, measured = [], 0
-    for arch in archs:
-        arch = {**arch, **measure_size(arch["model_args"], opts.block_size), "latency_ms": None}
+    sized = [{**a, **measure_size(a["model_args"], opts.block_size), "latency_ms": None} for a in archs]
+    for arch in sized:
         if opts.max_params is not None and arch["params"] > opts.max_params:
             continue
         if opts.max_flops_per_token is not None and arch["flops_per_token"] > opts.max_flops_per_token:
@@ -276,7 +276,7 @@ def constrained(opts: SearchOptions, archs: list[dict], out: Path, *,
         limits = [f"{flag} {getattr(opts, name):g}" for name, flag in
                   (("max_params", "--max-params"), ("max_flops_per_token", "--max-flops-per-token"),
                    ("max_latency_ms", "--max-latency-ms")) if getattr(opts, name) is not None]
-        smallest = min((measure_size(a["model_args"], opts.block_size)["params"] for a in archs))
+        smallest = min(a["params"] for a in sized)
         raise ConfigError(f"no config of the space satisfies {' and '.join(limits)} (the "
                           f"smallest has {smallest:,} parameters); relax the limit or add smaller "
                           "--depths/--widths")
@@ -439,6 +439,8 @@ def run_search(opts: SearchOptions, out: str | Path, *, max_runs: int | None = N
         best = min(last, key=lambda r: (r["loss"], r["trial"]))
         summary["best"] = best
         summary["best_yaml"] = str(write_best(best, opts, out / BEST_YAML))
+    else:  # a best.yaml of an earlier search with other options would mislead
+        (out / BEST_YAML).unlink(missing_ok=True)
     return summary
 
 
