@@ -474,7 +474,7 @@ def best_config(best: dict, opts: SearchOptions) -> dict:
                   if k != "vocab_size" and (k in searched or v != base.get(k))}
     return {"data": opts.data, "model": opts.model, "model_args": model_args,
             "block_size": opts.block_size, "batch_size": opts.batch_size,
-            "max_steps": best["steps"], "lr": best["lr"], "min_lr": best["lr"] / 10,
+            "max_steps": best["steps"], "lr": best["lr"], "min_lr": float(f"{best['lr'] / 10:.6g}"),
             "schedule": "cosine", "warmup_steps": best["spec"]["warmup_steps"],
             "weight_decay": opts.weight_decay, "precision": opts.precision, "seed": opts.seed}
 
