@@ -257,7 +257,7 @@ def test_bad_input_is_one_clear_error(data, tmp_path, argv, error, needle):
         args.func(args)
     assert isinstance(caught.value, error)
     assert needle in str(caught.value) and "\n" not in str(caught.value)
-    assert not (tmp_path / "out" / "search.jsonl").exists()
+    assert not (tmp_path / "out").exists()  # nothing written
 
 
 def test_cli_follows_the_conventions(capsys):

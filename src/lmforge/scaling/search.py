@@ -270,7 +270,8 @@ def constrained(opts: SearchOptions, archs: list[dict], out: Path, *,
             if arch["latency_ms"] > opts.max_latency_ms:
                 continue
         kept.append(arch)
-    if measured:
+    if measured:  # measurements are kept even when nothing fits (a new limit reuses them)
+        out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cache_path, json.dumps(cache, indent=1, sort_keys=True))
     if not kept:
         limits = [f"{flag} {getattr(opts, name):g}" for name, flag in
@@ -373,8 +374,8 @@ def run_search(opts: SearchOptions, out: str | Path, *, max_runs: int | None = N
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the search")
+    archs = constrained(opts, architectures(opts, family), out)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    archs = constrained(opts, architectures(opts, family), out)
     trials = sample_trials(opts, archs)
     tokens = rung_tokens(opts)
     atomic_write_text(out / SEARCH_FILE, json.dumps(
