@@ -161,6 +161,11 @@ def test_latency_is_measured_once_per_config_and_cached(data, tmp_path):
     again = S.constrained(opts, archs, tmp_path, measure=measure)
     assert sorted(calls) == [1, 2]  # not measured again
     assert [a["latency_ms"] for a in again] == [a["latency_ms"] for a in kept]
+    # The same shapes from another preset (RMSNorm, SwiGLU, RoPE) are other models: measured.
+    llama = options(data, widths="32", mlp_ratios="2", max_latency_ms=1e6, model="llama-mini")
+    S.constrained(llama, S.architectures(llama, Family(preset="llama-mini", vocab_size=70,
+                                                       block_size=32)), tmp_path, measure=measure)
+    assert len(calls) == 4 and len(json.loads((tmp_path / S.LATENCY_FILE).read_text())) == 4
     # A limit below the measured latencies leaves the deeper config out.
     slow = max(kept, key=lambda a: a["latency_ms"])
     fast = min(kept, key=lambda a: a["latency_ms"])

@@ -22,6 +22,7 @@ cached per config in OUT/latency.json (the key names the CPU/GPU, threads and pr
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -241,9 +242,9 @@ def _latency_key(arch: dict, opts: SearchOptions) -> str:
     import torch
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
     threads = opts.threads or torch.get_num_threads()
-    args = arch["model_args"]
-    return (f"{arch['name']}-hd{args['head_dim']}-v{args['vocab_size']}|T{opts.block_size}|"
-            f"{opts.precision}|{threads} threads|{device}")
+    # The whole architecture (preset fields too) in a short hash, the name for a reader.
+    digest = hashlib.sha256(json.dumps(arch["model_args"], sort_keys=True).encode()).hexdigest()[:10]
+    return f"{arch['name']} {digest}|T{opts.block_size}|{opts.precision}|{threads} threads|{device}"
 
 
 def constrained(opts: SearchOptions, archs: list[dict], out: Path, *,
@@ -252,7 +253,11 @@ def constrained(opts: SearchOptions, archs: list[dict], out: Path, *,
     (with --max-latency-ms) latency. Latency is measured only for configs within the other
     limits, and cached in ``out/latency.json``."""
     cache_path = out / LATENCY_FILE
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    try:
+        cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    except ValueError:  # a damaged cache is measured again
+        log.warning(f"warning: {cache_path} is not JSON; latencies are measured again")
+        cache = {}
     kept, measured = [], 0
     sized = [{**a, **measure_size(a["model_args"], opts.block_size), "latency_ms": None} for a in archs]
     for arch in sized:
