@@ -250,6 +250,7 @@ def scale_parser() -> argparse.ArgumentParser:
     ("--data {data} --max-runs 0", ConfigError, "--max-runs must be a positive"),
     ("--data {root}/nope", DataError, "not a prepared dataset"),
     ("--data {data} --out {file}", ConfigError, "is a file"),
+    ("--data {data} --out {root}", ConfigError, "holds other files and no search.json"),
 ])
 def test_bad_input_is_one_clear_error(data, tmp_path, argv, error, needle):
     (tmp_path / "f.txt").write_text("x")

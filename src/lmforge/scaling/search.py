@@ -379,6 +379,10 @@ def run_search(opts: SearchOptions, out: str | Path, *, max_runs: int | None = N
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the search")
+    if out.is_dir() and any(out.iterdir()) and not any((out / f).is_file()
+                                                       for f in (SEARCH_FILE, LATENCY_FILE)):
+        raise ConfigError(f"--out {out} holds other files and no {SEARCH_FILE}; give a new or empty "
+                          "folder (a search folder continues its search)")
     archs = constrained(opts, architectures(opts, family), out)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     trials = sample_trials(opts, archs)
