@@ -60,8 +60,10 @@ def main() -> None:
               "trained_now": len(result["trained"]),
               "trial_seconds": round(sum(r["seconds"] or 0 for r in result["rows"]), 1),
               "candidates": result["candidates"], "rung_tokens": result["rung_tokens"],
-              "space": SPACE, "max_params": args.max_params, "best": best,
-              "rows": result["rows"], "leaderboard": board,
+              "space": SPACE, "max_params": args.max_params,
+              "best": {k: v for k, v in best.items() if k not in ("spec", "run_dir")},
+              "rows": [{k: v for k, v in r.items() if k not in ("spec", "run_dir")}
+                       for r in result["rows"]], "leaderboard": board,
               "best_yaml": Path(result["best_yaml"]).read_text()}
     Path(args.json).write_text(json.dumps(report, indent=1))
 

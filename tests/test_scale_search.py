@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from lmforge.cli import scale_search_cmd
