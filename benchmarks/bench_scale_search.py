@@ -38,8 +38,10 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=27)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="9 configs, 2 rungs, 16k tokens at rung 0")
-    ap.add_argument("--json", default=str(HERE / "scale_search.json"), help="where the figures go")
+    ap.add_argument("--json", default=None, help="where the figures go (default: "
+                    "benchmarks/scale_search.json, with --quick scale_search_quick.json)")
     args = ap.parse_args()
+    args.json = args.json or str(HERE / ("scale_search_quick.json" if args.quick else "scale_search.json"))
     torch.set_num_threads(args.threads)
     trials, rungs, min_tokens = (9, 2, 16384) if args.quick else (args.trials, 3, int(args.min_tokens))
     start = time.perf_counter()
