@@ -84,7 +84,8 @@ def train_config(plan: dict, spec: dict, run_dir: Path, *, device: str = "auto",
     from ..training import TrainConfig
     opts = plan["options"]
     family = Family.from_dict(plan["family"])
-    model_args = family.config(spec["n_layer"], spec["n_embd"]).to_dict()
+    # A spec may carry its whole architecture (an architecture search varies heads and MLP too).
+    model_args = dict(spec.get("model_args") or family.config(spec["n_layer"], spec["n_embd"]).to_dict())
     if opts.get("mup"):
         model_args["mup_base_width"] = opts["lr_width"]
     steps = spec["steps"]
