@@ -165,7 +165,7 @@ def test_out_is_where_results_go_in_every_command(parser):
     by_name = dict(parsers(parser))
     for command in ("tokenizer train", "prepare", "prepare-merge", "pretrain", "finetune",
                     "experiment", "compare", "convert", "embed", "predict", "evaluate", "plot",
-                    "quickstart"):
+                    "quickstart", "scale plan", "scale fit", "scale predict", "scale search"):
         p = by_name[f"lmforge {command}"]
         action = p._option_string_actions["--out"]
         assert p._option_string_actions["-o"] is action, command

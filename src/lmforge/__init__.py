@@ -31,6 +31,8 @@ _EXPORTS = {
     "compress": ".api", "convert": ".api", "distill": ".api", "keep_layers": ".models.layers",
     "embed": ".api", "evaluate": ".api", "finetune": ".api", "plan": ".api",
     "predict": ".api", "pipeline": ".pipelines",
+    "scale_plan": ".api", "scale_run": ".api", "scale_fit": ".api", "scale_predict": ".api",
+    "scale_search": ".api",
     "load_tokenizer": ".tokenization", "save_tokenizer": ".tokenization",
     "train_tokenizer": ".tokenization",
     "TrainConfig": ".training", "Trainer": ".training", "pretrain": ".training",

@@ -28,7 +28,7 @@ from .interop.model_folder import save_pretrained
 from .runtime import INFERENCE_PRECISION
 
 __all__ = ["compress", "convert", "distill", "embed", "evaluate", "finetune", "plan", "predict",
-           "save_pretrained"]
+           "save_pretrained", "scale_fit", "scale_plan", "scale_predict", "scale_run", "scale_search"]
 
 # Precision of the scoring and analysis functions, their commands' --precision default: fp32 makes
 # scores equal to fp32 transformers'; "auto" (bf16 autocast where fast) for speed. Generation
@@ -210,6 +210,54 @@ def plan(model: str = "gpt2", **fields) -> dict:
     from .config import from_dict
     from .training.plan import PlanConfig, make_plan
     return make_plan(from_dict(PlanConfig, {"model": model, **fields}, where="lmforge.plan"))
+
+
+def scale_plan(data: str | Path, out: str | Path | None = None, *, overwrite: bool = False,
+               **options) -> dict:
+    """`lmforge scale plan`: the isoFLOP grid (levels, runs, estimated seconds), saved as
+    OUT/plan.json when ``out`` is given. ``options`` are ScalePlanOptions' (compute, budget or
+    time; model, vary, sizes, lr, ...) with the flags' defaults."""
+    from .config import from_dict
+    from .scaling.grid import ScalePlanOptions
+    from .scaling.report import plan_sweep
+    opts = from_dict(ScalePlanOptions, {**options, "data": str(data)}, where="lmforge.scale_plan")
+    return plan_sweep(opts, out, overwrite=overwrite)
+
+
+def scale_run(folder: str | Path, *, max_runs: int | None = None, device: str = "auto",
+              progress: bool = False) -> dict:
+    """`lmforge scale run`: train the plan's unfinished runs (resumable); returns the trained
+    rows, counts and the results table's path."""
+    from .scaling.sweep import run_sweep
+    return run_sweep(folder, max_runs=max_runs, device=device, progress=progress)
+
+
+def scale_fit(source: str | Path, *, out: str | Path | None = None, params: str = "total",
+              bootstrap: int = 200, seed: int = 0) -> dict:
+    """`lmforge scale fit`: Chinchilla approaches 2 and 3 and Kaplan's form with bootstrap
+    intervals, of a sweep folder or a CSV/JSONL table (columns N, D or C, loss); the dict that
+    `--json` prints (E, A, B, alpha, beta, intervals, approach2, kaplan, ...)."""
+    from .scaling.report import fit_sweep
+    return fit_sweep(source, out=out, params=params, bootstrap=bootstrap, seed=seed)
+
+
+def scale_predict(source: str | Path, *, compute: str | float | None = None,
+                  n_params: float | None = None, tokens: float | None = None, params: str = "total",
+                  out: str | Path | None = None, overwrite: bool = False) -> dict:
+    """`lmforge scale predict`: loss and compute-optimal N*, D* (with intervals) at ``compute``
+    (FLOPs or "4x"), or the loss at ``n_params`` and ``tokens``; ``out`` writes the predicted
+    run as a one-run plan for :func:`scale_run`."""
+    from .scaling.report import predict_sweep
+    return predict_sweep(source, compute=compute, N=n_params, D=tokens, params=params, out=out,
+                         overwrite=overwrite)
+
+
+def scale_search(data: str | Path, out: str | Path, *, max_runs: int | None = None,
+                 device: str = "auto", **options) -> dict:
+    """`lmforge scale search`: successive halving over depth, width, heads, MLP ratio and LR
+    under a parameter, FLOP or latency limit; writes OUT/search.csv and OUT/best.yaml."""
+    from .scaling.search import scale_search as search
+    return search(str(data), str(out), max_runs=max_runs, device=device, **options)
 
 
 def finetune(model: str | Path | torch.nn.Module | None, data: str | Path | None, *, out_dir: str | Path = "runs/finetune",

@@ -38,9 +38,15 @@ def plot_isoflop(t: Table, fit: dict, path: Path) -> Path:
             if s["inside"]:
                 ax.scatter([s["N_opt"]], [s["loss_opt"]], marker="*", s=140, color=color,
                            edgecolor="k", zorder=4)
-        # The fitted law along this slice (D = C / 6N).
+        # The fitted law along this slice: D follows N as in the slice's runs (C / FLOPs per
+        # token, a straight line in log-log), or C / 6N for a single run.
         n = np.geomspace(t.N[idx].min() / 1.5, t.N[idx].max() * 1.5, 100)
-        ax.plot(n, chinchilla_loss(fit, n, C / (6 * n)), color=color, lw=1, ls=":")
+        if len(set(t.N[idx].tolist())) > 1:
+            slope, icpt = np.polyfit(np.log(t.N[idx]), np.log(t.D[idx]), 1)
+            d = np.exp(icpt + slope * np.log(n))
+        else:
+            d = C / (6 * n)
+        ax.plot(n, chinchilla_loss(fit, n, d), color=color, lw=1, ls=":")
     ax.set_xscale("log")
     ax.set_xlabel(f"parameters N ({fit.get('params', 'total')})")
     ax.set_ylabel("final validation loss")
