@@ -258,14 +258,41 @@ def test_coordinate_check():
 LRS = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]  # half-decade steps over two decades
 
 
-def best_lr_index(width: int, mup: bool, base: int, steps: int, length: int) -> int:
-    """Index in LRS of the lowest held-out loss after ``steps`` Adam steps."""
-    cfg = decoder_cfg(width, mup=mup, base=base)
+def sweep_best(width: int, mup: bool, base: int, layers: int = 1, steps: int = 40,
+               length: int = 32) -> int:
+    """Index in LRS of the lowest held-out loss after ``steps`` Adam steps (warmup 5), each
+    run from the same init and batches."""
+    cfg = decoder_cfg(width, mup=mup, base=base, layers=layers)
     held_out = list(char_batches(4, 16, length, seed=1234))
     losses = []
     for lr in LRS:
-        model = train_adam(cfg, lr, steps, batch=16, length=length, warmup=10)
+        model = train_adam(cfg, lr, steps, batch=16, length=length, warmup=5)
         with torch.no_grad():
             losses.append(sum(F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
                               for x, y in held_out) / len(held_out))
     return min(range(len(LRS)), key=losses.__getitem__)
+
+
+def check_transfer(widths: list[int], **protocol) -> None:
+    """The best learning rate of the narrowest (base) width stays within one grid step under
+    muP at every wider width, and drops by at least one step under SP at the widest."""
+    base = widths[0]
+    at_base = sweep_best(base, False, base, **protocol)  # SP and muP: the same model here
+    sp = [sweep_best(w, False, base, **protocol) for w in widths[1:]]
+    mup = [sweep_best(w, True, base, **protocol) for w in widths[1:]]
+    found = f"best LR index: base {at_base}, SP {sp}, muP {mup} (grid {LRS})"
+    assert all(abs(i - at_base) <= 1 for i in mup), found
+    assert sp[-1] <= at_base - 1, found
+    assert all(a >= b for a, b in zip([at_base] + sp, sp)), found  # SP: never up with width
+
+
+def test_lr_transfer_quick():
+    """Two widths, 1 block, 40 steps (measured: base 32 best 1e-2; width 128 SP 1e-3, muP
+    ...)."""
+    check_transfer([32, 128])
+
+
+@pytest.mark.slow
+def test_lr_transfer():
+    """Three widths, 4x apart each (measured: ...)."""
+    check_transfer([32, 128, 512])
