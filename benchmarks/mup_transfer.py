@@ -4,8 +4,8 @@ training engine, on Tiny Shakespeare at the character level.
 
 Under SP the best learning rate moves down as the model widens; under muP it stays where it was
 at the base width, so it can be tuned on the narrow model. Every model has 2 blocks and a
-fixed head size of 16 (wider models have more heads); AdamW, cosine schedule with warmup,
-no weight decay, fp32.
+fixed head size of 16 (wider models have more heads), 32-token sequences, batch 16; AdamW,
+cosine schedule with 10% warmup, no weight decay, fp32; the loss is the final validation loss.
 
 Writes benchmarks/mup_transfer.png (loss against learning rate per width, SP and muP panels)
 and benchmarks/mup_transfer.json, and prints a table. Pin it to one core for a quiet timing:
@@ -62,16 +62,16 @@ def prepare(folder: Path) -> Path:
 
 def run(data: Path, out: Path, width: int, mup: bool, lr: float, base: int, steps: int) -> float:
     """Final validation loss of one training run (NaN if it diverged)."""
-    model_args = dict(n_layer=2, n_embd=width, n_head=width // HEAD_DIM, context_length=64)
+    model_args = dict(n_layer=2, n_embd=width, n_head=width // HEAD_DIM, context_length=32)
     if mup:
         model_args.update(mup_base_width=base, mup_base_head_dim=HEAD_DIM)
     cfg = lmforge.TrainConfig(
-        data=str(data), out_dir=str(out), model="baby", model_args=model_args, block_size=64,
+        data=str(data), out_dir=str(out), model="baby", model_args=model_args, block_size=32,
         batch_size=16, max_steps=steps, lr=lr, warmup_steps=max(1, steps // 10),
         schedule="cosine", weight_decay=0.0, grad_clip=1.0, dropout=0.0, eval_interval=0,
         eval_batches=8, precision="fp32", threads=1, seed=1, progress=False, tensorboard=False,
         log_interval=steps, keep_last=1)
-    with contextlib.redirect_stdout(io.StringIO()):  # the engine's per-run step lines
+    with contextlib.redirect_stderr(io.StringIO()):  # the engine's per-run step lines
         result = lmforge.Trainer(cfg, overwrite=True).fit()
     loss = float(result.get("val_loss", float("nan")))
     return loss if math.isfinite(loss) else float("nan")

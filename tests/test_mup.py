@@ -259,14 +259,14 @@ LRS = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]  # half-decade steps over two decades
 
 
 def sweep_best(width: int, mup: bool, base: int, layers: int = 1, steps: int = 40,
-               length: int = 32) -> int:
-    """Index in LRS of the lowest held-out loss after ``steps`` Adam steps (warmup 5), each
-    run from the same init and batches."""
+               warmup: int = 5, length: int = 32) -> int:
+    """Index in LRS of the lowest held-out loss after ``steps`` Adam steps, each run from the
+    same init and batches."""
     cfg = decoder_cfg(width, mup=mup, base=base, layers=layers)
     held_out = list(char_batches(4, 16, length, seed=1234))
     losses = []
     for lr in LRS:
-        model = train_adam(cfg, lr, steps, batch=16, length=length, warmup=5)
+        model = train_adam(cfg, lr, steps, batch=16, length=length, warmup=warmup)
         with torch.no_grad():
             losses.append(sum(F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
                               for x, y in held_out) / len(held_out))
@@ -274,25 +274,27 @@ def sweep_best(width: int, mup: bool, base: int, layers: int = 1, steps: int = 4
 
 
 def check_transfer(widths: list[int], **protocol) -> None:
-    """The best learning rate of the narrowest (base) width stays within one grid step under
-    muP at every wider width, and drops by at least one step under SP at the widest."""
+    """Under muP the best learning rates of all widths (the narrowest is the base) lie within
+    one grid step; under SP the widest model's is at least one step below the base's, and it
+    never rises with width."""
     base = widths[0]
     at_base = sweep_best(base, False, base, **protocol)  # SP and muP: the same model here
     sp = [sweep_best(w, False, base, **protocol) for w in widths[1:]]
     mup = [sweep_best(w, True, base, **protocol) for w in widths[1:]]
     found = f"best LR index: base {at_base}, SP {sp}, muP {mup} (grid {LRS})"
-    assert all(abs(i - at_base) <= 1 for i in mup), found
+    assert max([at_base] + mup) - min([at_base] + mup) <= 1, found
     assert sp[-1] <= at_base - 1, found
     assert all(a >= b for a, b in zip([at_base] + sp, sp)), found  # SP: never up with width
 
 
 def test_lr_transfer_quick():
-    """Two widths, 1 block, 40 steps (measured: base 32 best 1e-2; width 128 SP 1e-3, muP
-    ...)."""
+    """Two widths 4x apart, 1 block, 40 steps (measured: width 32 best 1e-2; width 128 SP 1e-3,
+    muP 3e-2)."""
     check_transfer([32, 128])
 
 
 @pytest.mark.slow
 def test_lr_transfer():
-    """Three widths, 4x apart each (measured: ...)."""
-    check_transfer([32, 128, 512])
+    """Three widths, 2 blocks, 60 steps (measured: width 32 best 3e-3; widths 128 and 256 SP
+    1e-3 and 1e-3, muP 1e-2 and 3e-3)."""
+    check_transfer([32, 128, 256], layers=2, steps=60, warmup=10)
