@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
 from . import mup
+from .config import ModelConfig
 from .interface import ModelInterface
 from .transformer import ACTIVATIONS, Block, init_weights, make_norm
 

@@ -35,6 +35,7 @@ from .config import ModelConfig
 _HIDDEN = re.compile(r"(?:^|\.)(?:(?:enc_|dec_)?blocks\.\d+\.(?:.*\.)?"
                      r"(?:attn\.qkv|attn\.proj|mlp\.fc|mlp\.proj)|pooler|mlm_head\.dense)$")
 
+
 def enabled(cfg: ModelConfig) -> bool:
     """Whether ``cfg`` asks for muP."""
     return getattr(cfg, "mup_base_width", None) is not None

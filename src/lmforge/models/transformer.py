@@ -8,10 +8,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import mup
 from .config import ModelConfig
 from .interface import ModelInterface
 from .kv_cache import KVCache, SlotCache, causal_mask
-from . import mup
 
 
 def make_norm(cfg: ModelConfig, feeds_matmul: bool = False) -> nn.Module:
