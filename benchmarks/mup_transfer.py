@@ -34,7 +34,7 @@ from lmforge.quickstart import packaged_corpus
 
 HERE = Path(__file__).parent
 HEAD_DIM = 16
-LRS = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]  # half-decade steps over two decades
+LRS = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]  # half-decade steps over two decades
 
 
 def cpu_model() -> str:
