@@ -10,7 +10,7 @@ cosine schedule with 10% warmup, no weight decay, fp32; the loss is the final va
 Writes benchmarks/mup_transfer.png (loss against learning rate per width, SP and muP panels)
 and benchmarks/mup_transfer.json, and prints a table. Pin it to one core for a quiet timing:
 
-    taskset -c 1 python benchmarks/mup_transfer.py            # widths 32-256, 100 steps: 4-8 min
+    taskset -c 1 python benchmarks/mup_transfer.py            # widths 32-512, 100 steps: ~7 min
     taskset -c 1 python benchmarks/mup_transfer.py --quick    # smoke run: widths 32-128, 60 steps
 
 (--quick takes well under a minute but is too short and narrow to show SP's optimum moving.)
@@ -110,13 +110,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: widths 32-128 and 60 steps (under a minute)")
     parser.add_argument("--steps", type=int, help="training steps per run (default 100; quick 60)")
-    parser.add_argument("--widths", help="comma-separated widths (default 32,64,128,256; quick 32,64,128)")
+    parser.add_argument("--widths", help="comma-separated widths (default 32,128,256,512; quick 32,64,128)")
     parser.add_argument("--out", default=str(HERE / "mup_transfer"),
                         help="output stem: writes STEM.png and STEM.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     widths = ([int(w) for w in args.widths.split(",")] if args.widths
-              else [32, 64, 128] if args.quick else [32, 64, 128, 256])
+              else [32, 64, 128] if args.quick else [32, 128, 256, 512])
     steps = args.steps or (60 if args.quick else 100)
     base = widths[0]
 
