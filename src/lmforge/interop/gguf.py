@@ -27,6 +27,7 @@ from ..errors import CheckpointError, ConfigError
 from ..files import atomic_file
 from ..models.config import ModelConfig
 from ..models.io import build_model
+from ..models.mup import refuse_export
 from ..models.state import load_model_state, model_state
 from ..models.quantized import dequantized_state, quantization_of
 from ..models.transformer import GPT, rope_frequencies
@@ -452,6 +453,7 @@ def gguf_architecture(cfg: ModelConfig) -> str:
     style with q/k/v biases). ConfigError naming what differs for any other model."""
     if cfg.arch != "decoder":
         raise ConfigError(f"GGUF export takes decoder models; this is an {cfg.arch!r} model")
+    refuse_export(cfg, "GGUF")
     styles = {"gpt2": {**_PLAIN_DECODER, **_GPT2_STYLE},
               "llama": {**_PLAIN_DECODER, **_LLAMA_STYLE}}
     off = {arch: [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in style.items()

@@ -28,6 +28,7 @@ from ..errors import CheckpointError, ConfigError
 from ..files import atomic_dir
 from ..models.config import ModelConfig
 from ..models.io import build_model
+from ..models.mup import refuse_export
 from ..models.state import load_model_state, model_state
 from ..models.quantized import refuse_quantized
 from ..models.task_head import TaskModel, TaskSpec
@@ -347,6 +348,8 @@ def family_of(cfg: ModelConfig) -> str:
         if bad:
             raise ConfigError(f"this {cfg.arch} has no Hugging Face {family} equivalent: {', '.join(bad)}")
         return family
+
+    refuse_export(cfg, "Hugging Face")
 
     if cfg.arch == "decoder":
         if cfg.pos_embedding == "learned":

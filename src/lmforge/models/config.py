@@ -75,6 +75,15 @@ class ModelConfig:
     relative_attention_max_distance: int = _help("T5 relative position: largest distinguished "
                                                  "distance", 128)
     attention_scale: float | None = _help("attention score scale (default: 1/sqrt(head_dim); T5: 1.0)", None)
+    # muP (models/mup.py): hidden-matrix init and Adam LR, readout and attention scaled by the
+    # width multiplier n_embd / mup_base_width, so hyperparameters tuned at the base width transfer.
+    mup_base_width: int | None = _help("muP: the width (n_embd) hyperparameters were tuned at; "
+                                       "hidden init, Adam LR, logits and attention are scaled by "
+                                       "n_embd / this (default: none, standard parametrization)", None)
+    mup_base_head_dim: int | None = _help("muP: head_dim of the base-width model (default: "
+                                          "head_dim * mup_base_width / n_embd, the same number "
+                                          "of heads; set it to head_dim when widening by adding "
+                                          "heads)", None)
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -128,12 +137,26 @@ class ModelConfig:
         if self.attention_scale is not None and self.attention_scale <= 0:
             raise ConfigError("model field 'attention_scale' must be positive, "
                               f"got {self.attention_scale}")
+        self._validate_mup()
         if self.pos_embedding == "relative" and (
                 self.relative_attention_num_buckets < 4
                 or self.relative_attention_max_distance <= self.relative_attention_num_buckets // 4):
             raise ConfigError("model fields 'relative_attention_num_buckets' (>= 4) and "
                               "'relative_attention_max_distance' (> num_buckets / 4) are out of range")
         return self
+
+    def _validate_mup(self) -> None:
+        if self.mup_base_width is None:
+            if self.mup_base_head_dim is not None:
+                raise ConfigError("model field 'mup_base_head_dim' needs 'mup_base_width' (muP)")
+            return
+        for name in ("mup_base_width", "mup_base_head_dim"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"model field '{name}' must be positive, got {value}")
+        if self.arch not in ("decoder", "encoder"):
+            raise ConfigError(f"muP (mup_base_width) supports decoder and encoder models, "
+                              f"not {self.arch!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

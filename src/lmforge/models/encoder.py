@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import mup
 from .config import ModelConfig
 from .interface import ModelInterface
 from .transformer import ACTIVATIONS, Block, init_weights, make_norm
@@ -23,9 +24,12 @@ class MLMHead(nn.Module):
         self.norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.embedding = embedding  # the decoder matrix is the input embedding (tied)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.readout_multiplier = mup.readout_multiplier(cfg)  # muP: 1/m, else None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = self.norm(self.act(self.dense(h)))
+        if self.readout_multiplier is not None:
+            h = h * self.readout_multiplier
         return F.linear(h, self.embedding.weight, self.bias)
 
 
@@ -97,4 +101,6 @@ class Encoder(ModelInterface, nn.Module):
         """Two-way logits of the next-sentence / sentence-order head."""
         if self.sentence_head is None:
             raise ValueError("this encoder has no sentence head (pooler or sentence_head false)")
-        return self.sentence_head(self.pooled(hidden))
+        pooled = self.pooled(hidden)
+        scale = mup.readout_multiplier(self.config)  # muP readout: 1/m
+        return self.sentence_head(pooled * scale if scale is not None else pooled)

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError
+from . import mup
 
 class ModelInterface:
     """Mixin for ``nn.Module`` language models that hold a ``ModelConfig`` as ``config``."""
@@ -89,9 +90,10 @@ class ModelInterface:
         return modes
 
     def lr_scale(self, name: str, cfg) -> float:
-        """Learning-rate multiplier of parameter ``name`` under TrainConfig ``cfg`` (task models:
-        head learning rate, layer-wise decay)."""
-        return 1.0
+        """Learning-rate multiplier of parameter ``name`` under TrainConfig ``cfg``: muP's
+        1/width-multiplier on hidden matrices (1 without muP); task models multiply in their
+        head learning rate and layer-wise decay."""
+        return mup.lr_scale(name, self.config, cfg)
 
     def uses_every_weight(self) -> bool:
         """Whether every trainable weight gets a gradient on every step (DDP then skips the

@@ -145,7 +145,11 @@ class TaskModel(ModelInterface, nn.Module):
 
     def lr_scale(self, name: str, cfg) -> float:
         """Head at ``head_lr / lr``; with ``layer_decay`` d < 1 block i of L at d^(L - i) and the
-        embeddings at d^(L + 1) (ELECTRA / BEiT layer-wise decay)."""
+        embeddings at d^(L + 1) (ELECTRA / BEiT layer-wise decay); times the backbone's own
+        scale (muP's 1/width-multiplier on hidden matrices)."""
+        return self._task_lr_scale(name, cfg) * super().lr_scale(name, cfg)
+
+    def _task_lr_scale(self, name: str, cfg) -> float:
         if name.startswith("head."):
             return (cfg.head_lr / cfg.lr) if cfg.head_lr else 1.0
         if cfg.layer_decay >= 1.0:

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import mup
 from .config import ModelConfig
 from .interface import ModelInterface
 from .kv_cache import KVCache, SlotCache, causal_mask
@@ -202,7 +203,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(q_size, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
-        self.scale = cfg.attention_scale  # None = 1/sqrt(head_dim); T5 uses 1.0
+        self.scale = mup.attention_scale(cfg)  # None = 1/sqrt(head_dim); T5 uses 1.0
 
     def forward(self, x, rope=None, mask=None, cache: KVCache | None = None):
         B, T, _ = x.shape
@@ -275,12 +276,13 @@ class Block(nn.Module):
 
 def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
     """Normal(0, init_std) weights, zero biases; residual output projections scaled by
-    1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth (GPT-2)."""
+    1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth (GPT-2).
+    Under muP hidden matrices are further scaled by 1/sqrt(width multiplier) (models/mup.py)."""
     resid_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             std = resid_std if name.endswith(("attn.proj", "mlp.proj")) else cfg.init_std
-            nn.init.normal_(module.weight, mean=0.0, std=std)
+            nn.init.normal_(module.weight, mean=0.0, std=mup.init_std(cfg, name, std))
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -359,9 +361,13 @@ class GPT(ModelInterface, nn.Module):
         h = self.hidden_states(idx, position_ids, attention_mask, cache)
         if last_only:
             h = h[:, -1:]
-        if self.config.output_scale is not None:
-            h = h * self.config.output_scale
-        return self.lm_head(h)
+        return self.logits(h)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits of final hidden states ``h`` (..., n_embd): the LM head after
+        ``output_scale`` and muP's 1/width-multiplier readout."""
+        scale = mup.output_multiplier(self.config)
+        return self.lm_head(h * scale if scale is not None else h)
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         p = self.wte.weight

@@ -316,10 +316,7 @@ class GenerativeTask(TaskObjective):
         hidden = model.hidden_states(ids, batch.get("position_ids"), attention)
         target = labels[:, 1:]
         chosen = target != -100
-        h = hidden[:, :-1][chosen]
-        if model.config.output_scale is not None:
-            h = h * model.config.output_scale
-        return model.lm_head(h), target[chosen]
+        return model.logits(hidden[:, :-1][chosen]), target[chosen]
 
     def loss(self, model, batch) -> torch.Tensor:
         return cross_entropy(*self.labeled_logits(model, batch))
