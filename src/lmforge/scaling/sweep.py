@@ -99,6 +99,11 @@ def train_config(plan: dict, spec: dict, run_dir: Path, *, device: str = "auto",
         tensorboard=False, progress=progress)
 
 
+def _on_cuda(device: str) -> bool:
+    import torch
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
 def _resumable(run_dir: Path, cfg) -> bool:
     """Whether ``run_dir`` holds a started run of exactly this config."""
     from ..config import load_file
@@ -141,8 +146,7 @@ def train_run(plan: dict, spec: dict, run_dir: Path, *, device: str = "auto",
            "C": spec["flops_per_token"] * tokens, "loss": result["val_loss"],
            "train_loss": result.get("train_loss"), "lr": spec["lr"], "steps": spec["steps"],
            "seconds": round(spent, 2), "tokens_per_sec": round(tokens / spent, 1),
-           "device": cpu_name() if cfg.device in ("auto", "cpu") and not torch.cuda.is_available()
-           else torch.cuda.get_device_name() if torch.cuda.is_available() else cfg.device,
+           "device": torch.cuda.get_device_name() if _on_cuda(cfg.device) else cpu_name(),
            "threads": torch.get_num_threads(), "spec": {k: spec[k] for k in SPEC_KEYS}}
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the model folder stays
     return row
@@ -171,12 +175,9 @@ def run_sweep(folder: str | Path, *, max_runs: int | None = None, device: str = 
         trained.append(row)
         if on_row is not None:
             on_row(row)
-    rows = [r for r in read_results(folder)]
-    latest = {r["name"]: r for r in rows}
-    planned = {s["name"] for s in plan["runs"]}
-    return {"trained": trained, "skipped": len(plan["runs"]) - len(todo) if max_runs is None
-            else sum(1 for s in plan["runs"] if s["name"] in done and _same_spec(done[s["name"]], s)),
-            "remaining": sum(1 for s in plan["runs"] if s["name"] not in latest
-                             or not _same_spec(latest[s["name"]], s)),
-            "interrupted": interrupted, "rows": [latest[n] for n in planned if n in latest],
+    latest = {r["name"]: r for r in read_results(folder)}
+    finished = [s for s in plan["runs"] if s["name"] in latest and _same_spec(latest[s["name"]], s)]
+    return {"trained": trained, "skipped": len(finished) - len(trained),
+            "remaining": len(plan["runs"]) - len(finished), "interrupted": interrupted,
+            "rows": [latest[s["name"]] for s in finished],
             "results": str(folder / RESULTS_CSV)}
