@@ -34,7 +34,7 @@ class ScalePlanOptions:
     vary: str = _help("which dims vary: both (depth = width / aspect), width or depth", "both")
     aspect: float = _help("width per layer when both vary (n_layer = n_embd / aspect, at least 2)", 40.0)
     head_dim: int = _help("size of one attention head (heads = width / head_dim)", 32)
-    widths: str = _help("comma-separated widths of the ladder (default: 64 to 1024)", None)
+    widths: str = _help("comma-separated widths of the ladder (default: 32 to 1024)", None)
     compute: str = _help("comma-separated compute levels in FLOPs, e.g. 1e13,3e13,1e14", None)
     budget: float = _help("total FLOPs of the sweep (levels from --levels and --level-ratio)", None)
     time: str = _help("wall-clock budget of the sweep on this machine, e.g. 60m or 1.5h "
