@@ -39,6 +39,7 @@ def test_approach3_recovers_exact_constants():
     for key, value in CHINCHILLA.items():
         assert fit[key] == pytest.approx(value, rel=2e-3), key
     assert fit["rmse_log"] < 1e-5
+    assert fit["intervals"]["E"] == [None, None]  # no bootstrap: JSON null, not NaN
 
 
 def test_approach3_with_noise_recovers_constants_within_intervals():
@@ -102,6 +103,11 @@ def test_fit_cli_json_on_a_csv(tmp_path):
     lo, hi = out["intervals"]["alpha"]
     assert lo < out["alpha"] < hi
     assert not any(p.suffix == ".png" for p in tmp_path.iterdir())  # a table: nothing written
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("N,D,loss,level\n" + "1e6,1e8,3.0,x\n" * 6)
+    proc = run_cli("scale", "fit", bad)
+    assert proc.returncode == 2 and "'level'" in proc.stderr and "Traceback" not in proc.stderr
 
     few = tmp_path / "few.csv"
     few.write_text("N,D,loss\n1e6,1e8,3.0\n2e6,1e8,2.9\n")

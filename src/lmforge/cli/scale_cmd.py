@@ -102,7 +102,7 @@ def _run(args) -> int:
     for check in prediction_checks(args.folder):
         iv = check["interval"]
         print(f"  {check['name']}: predicted {check['predicted']:.4f}"
-              + (f" [{iv[0]:.4f}, {iv[1]:.4f}]" if iv else "")
+              + (f" [{iv[0]:.4f}, {iv[1]:.4f}]" if iv and iv[0] is not None else "")
               + f" at {check['predicted_at']}, observed {check['observed']:.4f} "
               f"(error {check['error_pct']:+.2f}%)")
     print(f"results: {result['results']}")

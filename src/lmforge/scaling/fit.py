@@ -120,7 +120,10 @@ def make_table(rows: list[dict], params: str = "total", where: str = "table") ->
         c = c if c is not None else 6 * n * d
         N.append(n), D.append(d), C.append(c), L.append(loss), other.append(n_ne)
         lv = keys.get("level")
-        level.append(int(float(lv)) if lv not in (None, "") else -1)
+        try:
+            level.append(int(float(lv)) if lv not in (None, "") else -1)
+        except (TypeError, ValueError):
+            raise DataError(f"{at}: column 'level' must be an integer slice number, got {lv!r}") from None
     table = Table(np.array(N), np.array(D), np.array(C), np.array(L), np.array(level),
                   np.array(other, dtype=float) if all(o is not None for o in other) else None)
     if len(table) < 5:
@@ -401,7 +404,7 @@ def _interval(samples) -> list[float]:
     samples = np.asarray(samples, float)
     samples = samples[np.isfinite(samples)]
     if not len(samples):
-        return [float("nan"), float("nan")]
+        return [None, None]  # no bootstrap (JSON null, not NaN)
     return [float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))]
 
 

@@ -179,8 +179,8 @@ def prediction_checks(folder: str | Path) -> list[dict]:
 
 # ---- summaries -------------------------------------------------------------------------------
 def _iv(fit: dict, key: str, fmt: str) -> str:
-    lo, hi = fit.get("intervals", {}).get(key, (math.nan, math.nan))
-    return f"[{format(lo, fmt)}, {format(hi, fmt)}]" if math.isfinite(lo) else ""
+    lo, hi = fit.get("intervals", {}).get(key, (None, None))
+    return f"[{format(lo, fmt)}, {format(hi, fmt)}]" if lo is not None and math.isfinite(lo) else ""
 
 
 def format_fit(fit: dict) -> str:
@@ -228,7 +228,8 @@ def format_prediction(p: dict) -> str:
     iv = p.get("intervals", {})
 
     def rng(key, fmt):
-        return f" [{format(iv[key][0], fmt)}, {format(iv[key][1], fmt)}]" if key in iv else ""
+        lo, hi = iv.get(key, (None, None))
+        return f" [{format(lo, fmt)}, {format(hi, fmt)}]" if lo is not None else ""
 
     lines = []
     if "compute" in p:
@@ -249,7 +250,7 @@ def format_prediction(p: dict) -> str:
         lines.append(f"train: {run['name']} ({run['n_layer']} layers, width {run['n_embd']}, "
                      f"{run['params']:,} parameters) on {run['tokens']:,} tokens ({run['steps']:,} "
                      f"steps): predicted loss {run['predicted_loss']:.4f}"
-                     + (f" [{ivr[0]:.4f}, {ivr[1]:.4f}]" if ivr else ""))
+                     + (f" [{ivr[0]:.4f}, {ivr[1]:.4f}]" if ivr and ivr[0] is not None else ""))
     if p.get("plan"):
         lines.append(f"wrote {p['plan']}: train it with `lmforge scale run {Path(p['plan']).parent}`")
     return "\n".join(lines)
