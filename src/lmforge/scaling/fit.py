@@ -453,6 +453,16 @@ def _fit_one(t: Table, bootstrap: int, seed: int, delta: float) -> dict:
     out["b"] = c["alpha"] / (c["alpha"] + c["beta"])  # D* ~ C^b
     out["intervals"]["a"] = _interval(samples[:, 4] / s)
     out["intervals"]["b"] = _interval(samples[:, 3] / s)
+    # Compute-optimal allocation with intervals at each slice's compute and 10x beyond.
+    draws = [dict(zip(CONSTANTS, row)) for row in samples]
+    levels_c = sorted({float(np.exp(np.log(t.C[t.level == lv]).mean())) for lv in levels})
+    out["frontier"] = []
+    for C in levels_c + [10 * max(levels_c)]:
+        n_opt, d_opt = compute_optimal(c, C)
+        opt = [compute_optimal(d, C) for d in draws]
+        out["frontier"].append({"C": C, "N_opt": float(n_opt), "D_opt": float(d_opt),
+                                "N_interval": _interval([o[0] for o in opt]),
+                                "D_interval": _interval([o[1] for o in opt])})
     out["huber_objective"] = c["objective"]
     out["rmse_log"] = float(np.sqrt(np.mean(residual ** 2)))
     out["max_abs_residual_pct"] = float(100 * np.max(np.abs(np.expm1(residual))))

@@ -196,6 +196,11 @@ def format_fit(fit: dict) -> str:
                      + "".join(f"{format(c[k], fmts[k]):>22}" for c in PUBLISHED.values()))
     lines.append(f"compute-optimal: N* ~ C^{fit['a']:.3f} {_iv(fit, 'a', '.3f')}, D* ~ C^{fit['b']:.3f} "
                  f"{_iv(fit, 'b', '.3f')} (Chinchilla: 0.46 / 0.54)")
+    for f in fit.get("frontier", []):
+        ni, di = f["N_interval"], f["D_interval"]
+        lines.append(f"  C {f['C']:.3g}: N* {f['N_opt']:,.0f}"
+                     + (f" [{ni[0]:,.0f}, {ni[1]:,.0f}]" if ni[0] is not None else "")
+                     + f", D* {f['D_opt']:.3g}" + (f" [{di[0]:.3g}, {di[1]:.3g}]" if di[0] is not None else ""))
     lines.append(f"fit quality: RMSE of log loss {fit['rmse_log']:.4f}, largest residual "
                  f"{fit['max_abs_residual_pct']:.2f}%")
     other = fit.get("other_convention")
