@@ -283,6 +283,49 @@ def test_experiment_pretrain_vs_scratch(tmp_path):
     assert not torch.allclose(a.backbone.wte.weight, b.backbone.wte.weight, atol=1e-2)
 
 
+def test_label_efficiency_curves(tmp_path):
+    """Every arm at every label count over the seeds, nested subsets, a continued arm, the plot,
+    and a rerun that reads finished cells back instead of training them again."""
+    tok = train_tokenizer([str(Path(__file__))], kind="wordpiece", vocab_size=300)
+    torch.manual_seed(0)
+    body = build_model(preset("bert-mini", vocab_size=tok.get_vocab_size(), n_layer=1))
+    save_pretrained(body, tmp_path / "body", tokenizer=tok)
+    rows = ["text\tlabel"] + [f"{'good' if i % 2 else 'bad'} thing {i}\t{i % 2}" for i in range(40)]
+    (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n")
+    args = ["experiment", "pretrain-vs-scratch", "--model", tmp_path / "body", "--data",
+            tmp_path / "train.tsv", "--out", tmp_path / "le", "--seeds", "1,2", "--epochs", "1",
+            "--batch-size", "8", "--label-counts", "all,8,16", "--continued-model", tmp_path / "body",
+            "--progress", "false", "--tensorboard", "false"]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "le" / "label_efficiency.json").read_text())
+    assert summary["label_counts"] == ["8", "16", "all"]
+    assert summary["train_examples"] == {"8": 8, "16": 16, "all": 36}  # 10% held out
+    for arm in ("pretrained", "scratch", "continued"):
+        for count in ("8", "16", "all"):
+            cell = summary["arms"][arm][count]
+            per_seed = [json.loads((tmp_path / "le" / arm / f"labels-{count}" / f"seed-{s}" / "eval.json")
+                                   .read_text())["val_accuracy"] for s in (1, 2)]
+            assert cell["per_seed"] == pytest.approx(per_seed)
+            assert cell["mean"] == pytest.approx(np.mean(per_seed))
+    # The continued arm here is the same checkpoint: identical results, seed for seed.
+    assert summary["arms"]["continued"] == summary["arms"]["pretrained"]
+    assert summary["gap_points"]["8"] == pytest.approx(
+        100 * (summary["arms"]["pretrained"]["8"]["mean"] - summary["arms"]["scratch"]["8"]["mean"]))
+    assert (tmp_path / "le" / "label_efficiency.png").stat().st_size > 5000
+    assert "gap (pre - scratch)" in r.stdout
+    # Nested subsets: the 8 examples are among the 16.
+    from lmforge.tasks.finetune import fixed_pick
+    assert fixed_pick(36, 8) <= fixed_pick(36, 16)
+    stamp = (tmp_path / "le" / "scratch" / "labels-8" / "seed-1" / "eval.json").stat().st_mtime
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "le" / "scratch" / "labels-8" / "seed-1" / "eval.json").stat().st_mtime == stamp
+    bad = run_cli("experiment", "pretrain-vs-scratch", "--model", tmp_path / "body", "--data",
+                  tmp_path / "train.tsv", "--label-counts", "10,lots", "--out", tmp_path / "x")
+    assert_one_line_error(bad, "--label-counts")
+
+
 def test_max_train_examples_is_one_fixed_subset(tmp_path):
     """The subset is the same for every seed (both experiment arms see the same examples)."""
     from lmforge.tasks.finetune import FinetuneTrainer

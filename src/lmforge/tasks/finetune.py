@@ -171,6 +171,7 @@ class FinetuneTrainer(Trainer):
         if 0 < cfg.max_train_examples < len(train_rows):
             train_rows = subsample(train_rows, cfg.max_train_examples)
         objective.fit_labels(train_rows)
+        self.train_examples = len(train_rows)
         if cfg.best_metric == "auto":
             cfg.best_metric = objective.default_metric
         model = backbone
@@ -265,16 +266,19 @@ class FinetuneTrainer(Trainer):
             final = self.evaluate()  # the exported (best) weights
         report = {"task": self.cfg.task, "best_metric": self.cfg.best_metric, "step": self.step,
                   "best_step": self.best_step, "trainable_parameters": trainable,
-                  "parameters": total, "train_seconds": round(seconds, 1), **final}
+                  "parameters": total, "train_examples": self.train_examples,
+                  "train_seconds": round(seconds, 1), **final}
         if not self.ranks.is_main:  # under torchrun every rank holds the same report
-            return {**result, **final, "best_metric": self.cfg.best_metric}
+            return {**result, **final, "best_metric": self.cfg.best_metric,
+                    "train_examples": self.train_examples}
         (self.run_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
         matrix = getattr(self.objective, "last_confusion", None)
         if matrix is not None:
             from .metrics import plot_confusion
             plot_confusion(matrix, self.objective.labels, self.run_dir / "confusion.png",
                            title=f"{self.cfg.task}: validation")
-        return {**result, **final, "best_metric": self.cfg.best_metric}
+        return {**result, **final, "best_metric": self.cfg.best_metric,
+                "train_examples": self.train_examples}
 
 
 def finetune(cfg: FinetuneConfig, seeds: list[int] | None = None, *, overwrite: bool = False,
