@@ -111,6 +111,22 @@ def test_jsonl_with_text_field(tok, tmp_path):
         prepare([path], tok, tmp_path / "out2")
 
 
+def test_tsv_and_csv_column_as_documents(tok, tmp_path, shared_data):
+    """A labeled table's text column, labels dropped: GLUE TSVs (quotes kept as text) and CSV."""
+    docs = ['a "quoted" line', "it's fine", "third"]
+    (tmp_path / "t.tsv").write_text("sentence\tlabel\n" + "".join(f"{d}\t1\n" for d in docs))
+    prepare([tmp_path / "t.tsv"], tok, tmp_path / "out", text_field="sentence", dedup=False)
+    assert read_tokens(tmp_path / "out").tolist() == expected(tok, docs)
+    (tmp_path / "t.csv").write_text('id,text\n1,"a, b"\n2,plain\n')
+    prepare([tmp_path / "t.csv"], tok, tmp_path / "out-csv")
+    assert read_tokens(tmp_path / "out-csv").tolist() == expected(tok, ["a, b", "plain"])
+    with pytest.raises(DataError, match=r"no column 'text' \(columns: sentence, label"):
+        prepare([tmp_path / "t.tsv"], tok, tmp_path / "out2")
+    from lmforge.readers import iter_documents
+    sst2 = list(iter_documents(shared_data / "tasks/glue/SST-2/train.tsv", text_field="sentence"))
+    assert len(sst2) == 67_349 and not any("\t" in s for s in sst2)
+
+
 def test_parquet_in_several_row_groups(tok, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

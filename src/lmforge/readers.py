@@ -1,4 +1,5 @@
-"""Stream documents out of raw corpus files: .txt, .jsonl, .parquet, their .gz forms, folders, stdin.
+"""Stream documents out of raw corpus files: .txt, .jsonl, .parquet, .tsv/.csv (one column), their
+.gz forms, folders, stdin.
 
 Nothing here holds a corpus in memory: files are read line by line (or in Parquet record
 batches) and documents are yielded one at a time. A document is bounded by ``MAX_DOC_CHARS``
@@ -21,12 +22,14 @@ from typing import TextIO
 from .errors import DataError
 
 STDIN = "-"
-TEXT, JSONL, PARQUET = "text", "jsonl", "parquet"
+TEXT, JSONL, PARQUET, TABLE = "text", "jsonl", "parquet", "table"
 # How a text file is cut into documents.
 SPLIT_MODES = ("file", "blank-lines", "lines", "separator")
 # Extensions picked up when a folder is given; an explicitly named file is read whatever its name.
 FOLDER_SUFFIXES = {".txt": TEXT, ".text": TEXT, ".md": TEXT, ".jsonl": JSONL, ".ndjson": JSONL,
                    ".parquet": PARQUET}
+# Tables are read when named, never picked up from a folder (a folder's CSVs may be anything).
+TABLE_SUFFIXES = {".tsv": TABLE, ".csv": TABLE}
 MAX_DOC_CHARS = 64 * 2**20
 SAMPLE_BYTES = 64 * 1024
 PARQUET_BATCH_ROWS = 1024
@@ -39,7 +42,8 @@ def input_format(path: str | Path) -> str:
     suffixes = [s.lower() for s in Path(path).suffixes]
     if suffixes and suffixes[-1] == ".gz":
         suffixes.pop()
-    return FOLDER_SUFFIXES.get(suffixes[-1], TEXT) if suffixes else TEXT
+    known = {**FOLDER_SUFFIXES, **TABLE_SUFFIXES}
+    return known.get(suffixes[-1], TEXT) if suffixes else TEXT
 
 
 def _is_corpus_file(path: Path) -> bool:
@@ -195,6 +199,30 @@ def _jsonl_documents(path: str, text_field: str, encoding: str) -> Iterator[str]
             yield value or ""
 
 
+def _table_documents(path: str, text_field: str, encoding: str) -> Iterator[str]:
+    """One document per row of a .tsv/.csv file with a header: the ``text_field`` column (e.g.
+    the sentences of a labeled GLUE file, labels dropped). TSV is read without quote handling,
+    as GLUE's files need; CSV with the usual quoting."""
+    import csv
+    tsv = ".tsv" in [s.lower() for s in Path(path).suffixes]
+    with open_text(path, encoding) as stream:
+        reader = csv.reader(stream, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.reader(stream)
+        header = next(reader, None)
+        if header is None:
+            return
+        header = [h.strip().lstrip("\ufeff") for h in header]
+        if text_field not in header:
+            raise DataError(f"{path}: no column '{text_field}' (columns: {', '.join(header)}; "
+                            "set --text-field)")
+        col = header.index(text_field)
+        for line_no, row in enumerate(reader, 2):
+            if not row:
+                continue
+            if col >= len(row):
+                raise DataError(f"{path}:{line_no}: {len(row)} columns, no '{text_field}'")
+            yield row[col]
+
+
 def _parquet_documents(path: str, text_field: str) -> Iterator[str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -221,7 +249,8 @@ def iter_documents(path: str | Path, *, split: str = "file", separator: str | No
 
     Text files are one document each by default; ``split`` cuts them at blank lines
     ("blank-lines"), at every line ("lines") or at lines equal to ``separator`` ("separator").
-    JSONL and Parquet files give one document per record, from ``text_field``.
+    JSONL and Parquet files give one document per record, .tsv/.csv files (with a header) one per
+    row, from ``text_field``.
     Trailing newlines of text documents are dropped; empty documents are yielded as "".
     """
     if split not in SPLIT_MODES:
@@ -234,6 +263,8 @@ def iter_documents(path: str | Path, *, split: str = "file", separator: str | No
         return _parquet_documents(path, text_field)
     if fmt == JSONL:
         return _jsonl_documents(path, text_field, encoding)
+    if fmt == TABLE:
+        return _table_documents(path, text_field, encoding)
     return _text_documents(path, split, separator, encoding)
 
 

@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     split.add_argument("--separator", metavar="LINE",
                        help="documents are separated by lines equal to LINE (e.g. %% for fortunes)")
     read.add_argument("--text-field", default=_DEFAULTS.text_field, metavar="NAME",
-                      help="JSONL field / Parquet column holding the text (default: text)")
+                      help="JSONL field / Parquet, TSV or CSV column holding the text (default: text)")
     read.add_argument("--encoding", default=_DEFAULTS.encoding,
                       help="encoding of text files (default: utf-8; e.g. latin-1)")
     read.add_argument("--val-input", nargs="+", default=[], metavar="PATH", dest="val_inputs",
