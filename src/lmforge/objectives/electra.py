@@ -127,7 +127,9 @@ class Electra(MaskedLM):
     def evaluate(self, *args, **kwargs) -> dict[str, float]:
         saved = list(self._counts)  # validation batches do not count in the training metrics
         try:
-            return super().evaluate(*args, **kwargs)
+            metrics = super().evaluate(*args, **kwargs)
+            metrics.pop("val_ppl", None)  # exp of a weighted sum of two losses means nothing
+            return metrics
         finally:
             self._counts = saved
 
