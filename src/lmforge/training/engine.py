@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import random
@@ -22,11 +23,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from .. import __version__
 from ..config import from_dict, load_file, save_yaml
 from ..data.dataset import MissingSplitError, TokenShards
 from ..errors import CheckpointError, ConfigError, DataError, DistributedError
+from ..files import atomic_dir
 from ..hub import from_pretrained
 from ..models.config import ModelConfig, preset
 from ..interop.model_folder import save_pretrained as save_model_folder
@@ -594,9 +597,6 @@ class Trainer:
 
 def save_companion(module: torch.nn.Module, out: Path) -> None:
     """A companion model's weights (``model.safetensors``) and config (``config.json``)."""
-    import json
-    from safetensors.torch import save_file
-    from ..files import atomic_dir
     with atomic_dir(out) as tmp:
         config = module.config.to_dict() if hasattr(module, "config") else {}
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
