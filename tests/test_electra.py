@@ -96,7 +96,7 @@ def test_losses_and_labels_match_the_definitions(wordpiece):
     # Generator logits peaked on the original for even masked positions (the sample then
     # equals it: not replaced) and on another word for odd ones.
     V = objective.vocab_size
-    other = wordpiece.token_to_id("gold") if wordpiece.token_to_id("red") else 5
+    other = wordpiece.token_to_id("gold")
     targets = labels[selected].clone()
     targets[1::2] = torch.where(targets[1::2] == other, wordpiece.token_to_id("red"), other)
     gen_logits = torch.full((n, V), -30.0)
