@@ -68,6 +68,8 @@ CASES = [
      "objective_args"),
     ("pretrain-unknown-objective-option", "pretrain --data {data} --out_dir {new} --model baby --objective mlm "
      "--objective_args {{\"nope\":1}}", "unknown option(s) nope"),
+    ("pretrain-electra-without-mask-token", "pretrain --data {data} --out_dir {new} --model bert-mini "
+     "--objective electra", "mask token missing"),
     ("pretrain-mup-on-lstm", "pretrain --data {data} --out_dir {new} --model lstm-small --mup-base-width 64",
      "muP"),
     ("pretrain-existing-run", "pretrain --data {data} --out_dir {run} --model baby", "--overwrite"),

@@ -59,6 +59,8 @@ def run_summary(command: str, run_dir: str | Path, result: dict, *, task: str | 
     if command == "finetune" or task is not None:
         lines.append(f"next: lmforge predict --model {q} --data FILE    "
                      f"(or lmforge evaluate --model {q} --data LABELED_FILE)")
+    elif objective == "electra":  # the exported discriminator has no masked-LM head
+        lines.append(f"next: lmforge finetune --model {q} --data TRAIN_FILE --out runs/finetune")
     elif objective in MASKED_OBJECTIVES:
         lines.append(f'next: lmforge fill-mask --model {q} --text "The [MASK] is bright."')
     else:

@@ -65,6 +65,17 @@ class Encoder(ModelInterface, nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (B, T, n_embd). ``attention_mask`` is 1 for tokens, 0 for padding."""
+        x = self.embed(input_ids, token_type_ids)
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = attention_mask[:, None, None, :].bool()  # keys only: padding is never attended
+        for block in self.blocks:
+            x = block(x, None, mask)
+        return self.ln_f(x)
+
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The embedding layer's output (token + position + segment, norm, dropout): what the
+        blocks read (and what ELECTRA's generator shares)."""
         B, T = input_ids.shape
         if T > self.config.context_length:
             raise ValueError(f"sequence of {T} tokens exceeds the model context "
@@ -72,13 +83,7 @@ class Encoder(ModelInterface, nn.Module):
         x = self.wte(input_ids) + self.wpe(torch.arange(T, device=input_ids.device))
         if self.wtt is not None:
             x = x + self.wtt(token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids))
-        x = self.drop(self.emb_norm(x))
-        mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            mask = attention_mask[:, None, None, :].bool()  # keys only: padding is never attended
-        for block in self.blocks:
-            x = block(x, None, mask)
-        return self.ln_f(x)
+        return self.drop(self.emb_norm(x))
 
     def has_mlm_head(self) -> bool:
         return self.mlm_head is not None

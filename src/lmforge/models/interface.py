@@ -101,6 +101,16 @@ class ModelInterface:
         return False
 
     # ---- saving and loading -------------------------------------------------------------------
+    def exported_model(self) -> nn.Module:
+        """The model a run exports as ``RUN/model``: the model itself, or for a training
+        composite (ELECTRA's generator + discriminator) the part being pretrained."""
+        return self
+
+    def companion_models(self) -> dict[str, nn.Module]:
+        """Other trained parts a run saves beside ``RUN/model``, as ``RUN/<name>`` (ELECTRA's
+        generator); none for a plain model."""
+        return {}
+
     def state_for_save(self) -> dict[str, torch.Tensor]:
         """State dict without the tied copies of the embedding (safetensors refuses shared
         storage)."""

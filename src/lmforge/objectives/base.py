@@ -61,6 +61,12 @@ class Objective:
         are neither optimized nor saved in checkpoints."""
         return {}
 
+    def training_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module the engine trains, checkpoints and evaluates for the built ``model``: the
+        model itself, or a composite around it (ELECTRA adds a generator and a head) whose
+        ``exported_model()`` is what the run exports."""
+        return model
+
     def window_length(self, block_size: int) -> int:
         """Tokens per raw window drawn from the dataset for a model context of ``block_size``."""
         return block_size

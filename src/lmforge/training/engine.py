@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import random
@@ -22,11 +23,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from .. import __version__
 from ..config import from_dict, load_file, save_yaml
 from ..data.dataset import MissingSplitError, TokenShards
 from ..errors import CheckpointError, ConfigError, DataError, DistributedError
+from ..files import atomic_dir
 from ..hub import from_pretrained
 from ..models.config import ModelConfig, preset
 from ..interop.model_folder import save_pretrained as save_model_folder
@@ -153,7 +156,8 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         seed_everything(cfg.seed)
         parts = self.setup()
-        self.model, self.objective = parts.model, parts.objective
+        self.objective = parts.objective
+        self.model = self.objective.training_model(parts.model)
         self.train_data, self.val_data = parts.train_data, parts.val_data
         self.export_tokenizer, self.tokenizer_config = parts.export_tokenizer, parts.tokenizer_config
         mcfg: ModelConfig = self.model.config
@@ -579,13 +583,25 @@ class Trainer:
         if self.ranks.distributed and self.ranks.parallel != "ddp":
             model = distributed.gathered_model(self.model, self.skeleton, self.ranks)
         if self.ranks.is_main:
-            save_model_folder(model, out, self.export_tokenizer, tokenizer_config=self.tokenizer_config)
+            save_model_folder(model.exported_model(), out, self.export_tokenizer,
+                              tokenizer_config=self.tokenizer_config)
+            for name, part in model.companion_models().items():  # e.g. ELECTRA's generator
+                save_companion(part, self.run_dir / name)
             try:
                 plot_loss(self.run_dir)
             except DataError:
                 pass
         distributed.barrier()
         return out
+
+
+def save_companion(module: torch.nn.Module, out: Path) -> None:
+    """A companion model's weights (``model.safetensors``) and config (``config.json``)."""
+    with atomic_dir(out) as tmp:
+        config = module.config.to_dict() if hasattr(module, "config") else {}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
 
 
 def load_run_config(run_dir: str | Path, overrides: dict | None = None,
