@@ -162,6 +162,7 @@ class Trainer:
             raise ConfigError(f"config field 'block_size' ({self.block_size}) is larger than the "
                               f"model context ({mcfg.context_length}); lower it or raise "
                               "--context-length for a new model")
+        self.objective.prepare_model(self.model, self.train_data)
         self.objective.check_model(self.model)
         distributed.check_parallel(self.model, self.ranks, self.precision, self.objective)
         self.model.to(self.device)
