@@ -6,7 +6,6 @@ exported model fine-tunes as usual."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path

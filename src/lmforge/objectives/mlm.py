@@ -9,10 +9,9 @@ tokens; span masking (SpanBERT) selects contiguous runs of words with geometric 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
-
-import logging
 
 import numpy as np
 import torch
