@@ -564,6 +564,9 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if budget is not None:
+                progress.write(f"time budget {cfg.time}: the training loop ran {budget.elapsed():.1f} s "
+                               f"({self.step} steps)")
             progress.close()
             logger.close()
         loop_seconds = budget.elapsed() if budget is not None else None  # before export
