@@ -98,9 +98,9 @@ def test_continued_mlm_pretraining_then_finetune(tiny_models, headless, in_domai
     assert model.has_mlm_head() and model.mlm_head.embedding.weight is model.wte.weight
     # The exported model fine-tunes (classification) as usual.
     ft = lmforge.finetune(run / "model", tiny_models / "cls.tsv", out_dir=tmp_path / "ft",
-                          val_data=tiny_models / "cls.tsv", epochs=10, batch_size=16, block_size=32,
-                          warmup_steps=5, lr=1e-2, **FAST)
-    assert ft["val_accuracy"] > 0.75, ft  # chance: 0.5
+                          val_data=tiny_models / "cls.tsv", epochs=20, batch_size=16, block_size=32,
+                          warmup_steps=5, lr=3e-3, **FAST)
+    assert ft["val_accuracy"] > 0.9, ft  # chance: 0.5
 
 
 def test_pretraining_refuses_a_dataset_of_another_tokenizer(tiny_models, headless, tmp_path):
