@@ -72,6 +72,9 @@ CASES = [
      "--objective electra", "mask token missing"),
     ("pretrain-mup-on-lstm", "pretrain --data {data} --out_dir {new} --model lstm-small --mup-base-width 64",
      "muP"),
+    ("pretrain-bad-time", "pretrain --data {data} --out_dir {new} --model baby --time soon", "duration"),
+    ("pretrain-bad-head-init", "pretrain --data {data} --out_dir {new} --model baby --objective mlm "
+     "--mlm.head-init eye", "head_init"),
     ("pretrain-existing-run", "pretrain --data {data} --out_dir {run} --model baby", "--overwrite"),
     ("pretrain-missing-data", "pretrain --data {root}/nope --out_dir {new} --model baby", "nope"),
     ("pretrain-resume-corrupt-checkpoint", "pretrain --resume {run_corrupt}", "checkpoint"),

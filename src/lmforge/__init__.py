@@ -36,6 +36,7 @@ _EXPORTS = {
     "load_tokenizer": ".tokenization", "save_tokenizer": ".tokenization",
     "train_tokenizer": ".tokenization",
     "TrainConfig": ".training", "Trainer": ".training", "pretrain": ".training",
+    "recipe_config": ".training.recipes",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -11,6 +11,7 @@ from ..models.config import CHOICES as MODEL_CHOICES
 from ..models.config import ModelConfig
 from ..training import TrainConfig, load_run_config, pretrain
 from ..training.config import CHOICES
+from ..training.recipes import load_recipe, merge_fields, recipe_names
 from .flags import examples, objective_names
 from .summary import print_run_summary
 
@@ -29,8 +30,15 @@ def register(sub) -> None:
             "--out runs/shakespeare",
             "lmforge pretrain --data data/wiki --model bert-mini --objective mlm --n-layer 4 "
             "--out runs/bert",
+            "lmforge pretrain --recipe budget-encoder --time 30m --data data/wiki --out runs/cram",
+            "lmforge pretrain --model minilm-folder --objective mlm --data data/reviews "
+            "--max-steps 2000 --out runs/dapt",
             "lmforge pretrain --resume runs/shakespeare --max-steps 4000"))
     p.add_argument("--config", help="YAML or TOML file of training fields")
+    p.add_argument("--recipe", choices=recipe_names(),
+                   help="a named bundle of defaults (model, objective, schedule, ...): "
+                        "budget-encoder = Cramming-style BERT for a --time budget; "
+                        "--config and flags override it")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     add_dataclass_flags(p, TrainConfig, choices={**CHOICES, "objective": objective_names()},
@@ -51,6 +59,8 @@ def objective_options() -> dict[str, type]:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults < --config file < flags. Model architecture flags go to ``model_args``."""
     data = load_file(args.config) if args.config else {}
+    if getattr(args, "recipe", None):
+        data = merge_fields(load_recipe(args.recipe), data)
     model_args = dict(data.pop("model_args", None) or {})
     flags = flags_to_dict(args, TrainConfig)
     if "model_args" in flags:  # --model-args JSON, under the architecture flags
@@ -65,7 +75,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         data["objective_args"] = objective_args
     if model_args:
         data["model_args"] = model_args
-    return from_dict(TrainConfig, data, where=args.config or "command line")
+    where = args.config or (f"recipe {args.recipe}" if getattr(args, "recipe", None) else "command line")
+    return from_dict(TrainConfig, data, where=where)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         overrides = flags_to_dict(args, TrainConfig)
         if flags_to_dict(args, ModelConfig) or "model_args" in overrides:
             raise ConfigError("architecture flags cannot change when resuming a run")
+        if args.recipe:
+            raise ConfigError("--recipe cannot change when resuming a run (the run keeps its config)")
         if given_option_flags(args, objective_options()):
             raise ConfigError("objective options cannot change when resuming a run")
         cfg = load_run_config(args.resume, overrides)

@@ -88,6 +88,31 @@ class Encoder(ModelInterface, nn.Module):
     def has_mlm_head(self) -> bool:
         return self.mlm_head is not None
 
+    def add_mlm_head(self, dense_init: str = "identity", bias: torch.Tensor | None = None) -> MLMHead:
+        """Give an encoder imported without one (sentence-transformers' BertModel) a masked-LM
+        head for continued pretraining. The decoder is the token embedding matrix (tied, as in
+        BERT), so the head is informative from step 0; ``dense_init`` "identity" starts the
+        transform dense at the identity (the hidden states pass through, up to GELU + LayerNorm),
+        "standard" at the model's usual Normal(0, init_std). ``bias``: initial vocab bias
+        (default zeros; e.g. log unigram frequencies of the in-domain data)."""
+        if self.mlm_head is not None:
+            raise ValueError("this encoder already has a masked-LM head")
+        if dense_init not in ("identity", "standard"):
+            raise ValueError(f"dense_init must be 'identity' or 'standard', got {dense_init!r}")
+        cfg = self.config
+        head = MLMHead(cfg, self.wte).to(self.wte.weight.device)
+        with torch.no_grad():
+            if dense_init == "identity":
+                head.dense.weight.copy_(torch.eye(cfg.n_embd))
+            else:
+                nn.init.normal_(head.dense.weight, mean=0.0, std=cfg.init_std)
+            head.dense.bias.zero_()
+            if bias is not None:
+                head.bias.copy_(bias.to(head.bias))
+        self.mlm_head = head
+        cfg.mlm_head = True  # the exported folder (config and weights) has the head
+        return head
+
     def mlm_logits(self, hidden: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Vocabulary logits at ``positions`` (a boolean mask over (B, T)), or everywhere."""
         if self.mlm_head is None:

@@ -67,6 +67,10 @@ class Objective:
         ``exported_model()`` is what the run exports."""
         return model
 
+    def prepare_model(self, model: torch.nn.Module, data: TokenShards | None = None) -> None:
+        """Fit a loaded model to the objective before training (e.g. add a missing head);
+        called before ``check_model``, the optimizer and any checkpoint load. Default: nothing."""
+
     def window_length(self, block_size: int) -> int:
         """Tokens per raw window drawn from the dataset for a model context of ``block_size``."""
         return block_size

@@ -9,14 +9,20 @@ tokens; span masking (SpanBERT) selects contiguous runs of words with geometric 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .base import Objective, option, register
+
+log = logging.getLogger(__name__)
+
+UNIGRAM_SAMPLE_TOKENS = 20_000_000  # enough for stable log frequencies; bounds the count's time
 
 MASK_TOKENS = ("[MASK]", "<mask>")
 CLS_TOKENS = ("[CLS]", "<s>")
@@ -50,6 +56,20 @@ def continuation_flags(tokenizer) -> torch.Tensor:
     return flags
 
 
+def unigram_log_frequencies(data, vocab_size: int) -> torch.Tensor:
+    """log p(token) over (the first tokens of) a dataset's shards, add-one smoothed, centred."""
+    counts = np.ones(vocab_size, dtype=np.int64)
+    left = UNIGRAM_SAMPLE_TOKENS
+    for shard in data.shards:
+        part = np.asarray(shard[:left]).astype(np.int64)
+        counts += np.bincount(part[part < vocab_size], minlength=vocab_size)
+        left -= len(part)
+        if left <= 0:
+            break
+    logp = torch.from_numpy(np.log(counts / counts.sum())).float()
+    return logp - logp.mean()
+
+
 @dataclass
 class MLMOptions:
     mask_prob: float = option(0.15, "share of tokens to predict")
@@ -61,6 +81,11 @@ class MLMOptions:
     span_p: float = option(0.2, "geometric parameter of span lengths")
     max_span: int = option(10, "longest span, in words")
     seed: int | None = option(None, "seed of the masking generator (default: from the run's seed)")
+    head_init: str = option("identity", "an encoder without a masked-LM head (an imported "
+                                        "sentence encoder) gets one, decoder tied to its embeddings: "
+                                        "its transform dense starts as 'identity' or 'standard' init")
+    head_bias: str = option("unigram", "the added head's vocab bias: 'unigram' (log token "
+                                    "frequencies of the training data) or 'zero'")
 
 
 @register
@@ -74,6 +99,9 @@ class MaskedLM(Objective):
         mask_prob, replace_prob, random_prob = o.mask_prob, o.replace_prob, o.random_prob
         if tokenizer is None:
             raise ConfigError("objective 'mlm' needs the dataset's tokenizer.json (for [MASK] and specials)")
+        if o.head_init not in ("identity", "standard") or o.head_bias not in ("zero", "unigram"):
+            raise ConfigError("objective_args: head_init must be identity or standard, head_bias "
+                              "zero or unigram")
         if not 0 < mask_prob < 1 or replace_prob < 0 or random_prob < 0 or replace_prob + random_prob > 1:
             raise ConfigError("objective_args: need 0 < mask_prob < 1 and replace_prob + random_prob <= 1")
         self.mask_id = find_token(tokenizer, MASK_TOKENS)
@@ -100,6 +128,19 @@ class MaskedLM(Objective):
     # ---- data ---------------------------------------------------------------------------
     def window_length(self, block_size: int) -> int:
         return block_size - (self.cls_id is not None) - (self.sep_id is not None)
+
+    def prepare_model(self, model: torch.nn.Module, data=None) -> None:
+        """Continued pretraining of an encoder imported without a masked-LM head: add one whose
+        decoder is the (tied) token embedding matrix, so its first predictions are already
+        informative (Gururangan et al. 2020 continue MLM from a pretrained encoder)."""
+        if not getattr(model, "is_encoder", False) or model.has_mlm_head() or not hasattr(model, "add_mlm_head"):
+            return
+        bias = None
+        if self.options.head_bias == "unigram" and data is not None:
+            bias = unigram_log_frequencies(data, model.config.vocab_size)
+        model.add_mlm_head(self.options.head_init, bias)
+        log.warning(f"added a masked-LM head to the encoder (decoder tied to its token embeddings, "
+                    f"{self.options.head_init} transform, {self.options.head_bias} bias)")
 
     def check_model(self, model: torch.nn.Module) -> None:
         if not model.is_encoder:

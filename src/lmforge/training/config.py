@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from .time_budget import UNPLANNED_STEPS, parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ class TrainConfig:
     batch_size: int = _help("sequences per micro-batch", 16)
     grad_accum: int = _help("micro-batches per optimizer step", 1)
     max_steps: int | None = _help("optimizer steps to train for (default 1000, unless --epochs is given)", None)
+    time: str | None = _help("wall-clock budget of the training loop, e.g. 90s, 30m, 2h: max_steps "
+                             "follows from the speed measured over a few steps after warm-up so the "
+                             "LR schedule ends with the budget (max_steps, if given, caps it); a hard "
+                             "stop at the budget + 5% still saves and exports", None)
     epochs: float | None = _help("train for this many passes over the training set instead of "
                                  "max_steps (fine-tuning; evaluates each epoch unless eval_interval is set)", None)
     sampling: str = _help("random windows or sequential epochs", "random")
@@ -90,7 +95,10 @@ class TrainConfig:
                         "are given; max_steps wins")
             self.epochs = None
         if self.max_steps is None and self.epochs is None:
-            setattr(self, *self.default_length)
+            if self.time is not None:  # planned from the measured speed once training runs
+                self.max_steps = UNPLANNED_STEPS
+            else:
+                setattr(self, *self.default_length)
 
     def validate(self) -> "TrainConfig":
         self.resolve_length()
@@ -122,6 +130,8 @@ class TrainConfig:
             raise ConfigError(f"config field 'grad_clip' must be >= 0, got {self.grad_clip}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError(f"config field 'dropout' must be in [0, 1), got {self.dropout}")
+        if self.time is not None:
+            parse_duration(self.time)
         if self.epochs is not None and not self.epochs > 0:
             raise ConfigError(f"config field 'epochs' must be positive, got {self.epochs}")
         if self.head_lr is not None and not self.head_lr > 0:

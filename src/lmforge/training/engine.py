@@ -40,6 +40,7 @@ from . import distributed
 from .config import TrainConfig
 from .metrics import MetricsLogger, Progress
 from .optim import build_optimizer, lr_at
+from .time_budget import HARD_STOP_TOLERANCE, UNPLANNED_STEPS, TimeBudget, parse_duration
 from .plots import plot_loss
 from ..runtime import (autocast, batch_flops, flops_per_token, peak_tflops, resolve_device,
                       resolve_precision)
@@ -157,6 +158,9 @@ class Trainer:
         seed_everything(cfg.seed)
         parts = self.setup()
         self.objective = parts.objective
+        # Fit the built model to the objective (a missing head), then let the objective wrap it
+        # (ELECTRA's generator + discriminator): the wrapped module is what trains.
+        self.objective.prepare_model(parts.model, parts.train_data)
         self.model = self.objective.training_model(parts.model)
         self.train_data, self.val_data = parts.train_data, parts.val_data
         self.export_tokenizer, self.tokenizer_config = parts.export_tokenizer, parts.tokenizer_config
@@ -215,6 +219,7 @@ class Trainer:
         self.step, self.tokens_seen = 0, 0
         self.best_val, self.best_step, self.evals_since_best = math.inf, None, 0
         self._stop_signal = None
+        self._resumed = resume
         if resume:
             self._resume()
         else:
@@ -488,12 +493,20 @@ class Trainer:
                  if ranks.distributed else str(self.device))
         progress.write(f"training {self.model.num_parameters() / 1e6:.2f}M parameters on "
                        f"{where} ({self.precision}), {tokens_per_step} tokens/step, "
-                       f"steps {self.step}->{cfg.max_steps}")
+                       f"steps {self.step}->" + (f"{cfg.max_steps}" if cfg.max_steps < UNPLANNED_STEPS
+                                                 else f"(planned for --time {cfg.time})"))
         window_start, window_tokens, window_flops = time.perf_counter(), 0, 0.0
         window_loss, window_n = 0.0, 0
+        # --time: plan max_steps from the measured speed (new runs; a resumed run keeps its plan).
+        budget = None
+        if cfg.time is not None and not self._resumed:
+            cap = cfg.max_steps if cfg.max_steps < UNPLANNED_STEPS else None
+            budget = TimeBudget(parse_duration(cfg.time), tokens_per_step, cap)
         try:
             while self.step < cfg.max_steps:
                 loss, tokens, flops = self._train_step()
+                if budget is not None and (planned := budget.after_step(self.step)) is not None:
+                    self._plan_steps(planned, budget.plan, progress)
                 window_tokens, window_flops = window_tokens + tokens, window_flops + flops
                 window_loss, window_n = window_loss + loss, window_n + 1
                 last = self.step == cfg.max_steps
@@ -541,6 +554,15 @@ class Trainer:
                     self.save()
                 if self._stop_signal is not None:
                     break
+                if budget is not None and budget.overdue() and self.step < cfg.max_steps:
+                    progress.write(f"time budget {cfg.time} (+{100 * HARD_STOP_TOLERANCE:.0f}%) "
+                                   f"used up at step {self.step}/{cfg.max_steps}: stopping")
+                    if self.val_batches is not None:
+                        val = self.evaluate()
+                        metrics.update(val)
+                        logger.log(self.step, **val)
+                    self.save()
+                    break
         except Exception as exc:
             if ranks.distributed and distributed.is_lost_rank(exc):
                 raise self._lost_rank(exc) from None
@@ -548,8 +570,12 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if budget is not None:
+                progress.write(f"time budget {cfg.time}: the training loop ran {budget.elapsed():.1f} s "
+                               f"({self.step} steps)")
             progress.close()
             logger.close()
+        loop_seconds = budget.elapsed() if budget is not None else None  # before export
         interrupted = self._stop_signal is not None
         if interrupted:
             self.save()
@@ -563,8 +589,23 @@ class Trainer:
             progress.write(f"exporting the best checkpoint (step {self.best_step}, "
                            f"{cfg.best_metric} {best:.4f})")
         self.export()
+        if budget is not None:
+            metrics["time_budget"] = {**(budget.plan or {}), "elapsed_s": loop_seconds,
+                                      "hard_stopped": self.step < cfg.max_steps}
         return {**metrics, "step": self.step, "interrupted": interrupted,
                 f"best_{cfg.best_metric}": best, "best_step": self.best_step}
+
+    def _plan_steps(self, planned: int, plan: dict, progress) -> None:
+        """Fix max_steps from the time budget's measurement; the config records the plan."""
+        self.cfg.max_steps = planned
+        progress.set_total(planned)
+        progress.write(f"time budget {self.cfg.time}: {plan['tokens_per_sec']:,.0f} tok/s "
+                       f"({plan['seconds_per_step'] * 1e3:.1f} ms/step over {plan['measured_steps']} "
+                       f"steps) -> max_steps {planned}")
+        if self.ranks.is_main:
+            data = self._resolved_config()
+            data["resolved"]["time_budget"] = plan
+            save_yaml(data, self.run_dir / CONFIG_FILE)
 
     def _lost_rank(self, exc: BaseException) -> DistributedError:
         latest = ckpt.latest_checkpoint(self.ckpt_dir)

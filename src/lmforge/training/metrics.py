@@ -74,6 +74,11 @@ class Progress:
         if postfix:
             self.bar.set_postfix(postfix, refresh=False)
 
+    def set_total(self, total: int) -> None:
+        """A new end (a time budget fixed max_steps once the run measured its speed)."""
+        self.bar.total = total
+        self.bar.refresh()
+
     def write(self, text: str) -> None:
         if self.silent:
             return
