@@ -294,15 +294,15 @@ def test_label_efficiency_curves(tmp_path):
     (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n")
     args = ["experiment", "pretrain-vs-scratch", "--model", tmp_path / "body", "--data",
             tmp_path / "train.tsv", "--out", tmp_path / "le", "--seeds", "1,2", "--epochs", "1",
-            "--batch-size", "8", "--label-counts", "all,8,16", "--continued-model", tmp_path / "body",
+            "--batch-size", "8", "--label-counts", "all,8", "--continued-model", tmp_path / "body",
             "--progress", "false", "--tensorboard", "false"]
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "le" / "label_efficiency.json").read_text())
-    assert summary["label_counts"] == ["8", "16", "all"]
-    assert summary["train_examples"] == {"8": 8, "16": 16, "all": 36}  # 10% held out
+    assert summary["label_counts"] == ["8", "all"]
+    assert summary["train_examples"] == {"8": 8, "all": 36}  # 10% held out
     for arm in ("pretrained", "scratch", "continued"):
-        for count in ("8", "16", "all"):
+        for count in ("8", "all"):
             cell = summary["arms"][arm][count]
             per_seed = [json.loads((tmp_path / "le" / arm / f"labels-{count}" / f"seed-{s}" / "eval.json")
                                    .read_text())["val_accuracy"] for s in (1, 2)]

@@ -90,6 +90,7 @@ def test_left_padded_batch_matches_each_prompt_alone(style):
     assert len({tuple(t) for t in batched}) > 1  # the prompts lead to different continuations
 
 
+@pytest.mark.slow  # ~40 s of torch.compile on 2 cores; `make test-all` runs it
 def test_compiled_decoding_matches_eager():
     """``compile=True`` (torch.compile of the one-token steps, dynamic shapes, frozen weights)
     gives the tokens and logits of eager decoding, for a padded batch and then a single prompt
