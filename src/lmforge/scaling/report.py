@@ -11,8 +11,8 @@ from ..errors import ConfigError, DataError
 from ..files import atomic_write_text
 from .family import Family
 from .fit import CONSTANTS, PUBLISHED, chinchilla_loss, fit_table, make_table, predict, read_rows
-from .grid import PLAN_FORMAT, ScalePlanOptions, load_plan, make_grid, save_plan
-from .sweep import read_results, run_sweep
+from .grid import ScalePlanOptions, load_plan, make_grid, save_plan
+from .sweep import read_results
 
 FIT_FILE = "fit.json"
 PREDICTION_FILE = "prediction.json"

@@ -21,13 +21,10 @@ cached per config in OUT/latency.json (the key names the CPU/GPU, threads and pr
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import math
-import os
 import random
 import statistics
 import time
@@ -39,7 +36,7 @@ from ..errors import ConfigError
 from ..files import atomic_write_text
 from .family import Family
 from .grid import dataset_vocab, format_duration, parse_numbers
-from .sweep import cpu_name, train_run
+from .sweep import append_jsonl, cpu_name, read_jsonl, train_run, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -344,25 +341,7 @@ def _plan(opts: SearchOptions, family: Family) -> dict:
 
 
 def read_rows(out: str | Path) -> list[dict]:
-    path = Path(out) / SEARCH_JSONL
-    if not path.is_file():
-        return []
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError:  # a line cut by a crash mid-write: that trial is trained again
-            log.warning(f"warning: {path}:{number} is not a JSON row; ignored")
-    return rows
-
-
-def _append_row(out: Path, row: dict) -> None:
-    with open(out / SEARCH_JSONL, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    return read_jsonl(Path(out) / SEARCH_JSONL)
 
 
 def run_search(opts: SearchOptions, out: str | Path, *, max_runs: int | None = None,
@@ -421,7 +400,7 @@ def run_search(opts: SearchOptions, out: str | Path, *, max_runs: int | None = N
                    "flops_per_token": trial["flops_per_token"], "latency_ms": trial["latency_ms"],
                    **{k: run.get(k) for k in ("loss", "train_loss", "seconds", "device", "threads")},
                    "run_dir": str(out / "runs" / spec["name"]), "spec": ident}
-            _append_row(out, row)
+            append_jsonl(out / SEARCH_JSONL, row)
             results[(trial["name"], rung)] = row
             trained.append(row)
             if on_row is not None:
@@ -438,7 +417,7 @@ def run_search(opts: SearchOptions, out: str | Path, *, max_runs: int | None = N
         reached[r["trial"]] = max(reached.get(r["trial"], -1), r["rung"])
     for r in rows:
         r["promoted"] = reached[r["trial"]] > r["rung"]
-    write_csv(rows, out / SEARCH_CSV)
+    write_csv(rows, out / SEARCH_CSV, CSV_COLUMNS)
     summary = {"complete": complete, "trained": trained, "skipped": skipped,
                "interrupted": interrupted, "remaining": None if complete else
                _remaining(len(trials), opts, results), "rows": rows, "trials": len(trials),
@@ -461,15 +440,6 @@ def _remaining(n_trials: int, opts: SearchOptions, results: dict) -> int:
         total += n
         n = survivors(n, opts.eta)
     return total - len(results)
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(row)
-    atomic_write_text(path, buf.getvalue())
 
 
 def best_config(best: dict, opts: SearchOptions) -> dict:

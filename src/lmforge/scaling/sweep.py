@@ -40,8 +40,8 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def read_results(folder: str | Path) -> list[dict]:
-    path = Path(folder) / RESULTS_JSONL
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a results file appended one JSON line per finished run (sweep or search)."""
     if not path.is_file():
         return []
     rows = []
@@ -56,21 +56,30 @@ def read_results(folder: str | Path) -> list[dict]:
     return rows
 
 
-def _append_result(folder: Path, row: dict) -> None:
-    with open(folder / RESULTS_JSONL, "a", encoding="utf-8") as f:
+def append_jsonl(path: Path, row: dict) -> None:
+    """Append one row and fsync it: a finished run is recorded before the next one starts."""
+    with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
-    write_csv(read_results(folder), folder / RESULTS_CSV)
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
+def write_csv(rows: list[dict], path: Path, columns=COLUMNS) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow(row)
     atomic_write_text(path, buf.getvalue())
+
+
+def read_results(folder: str | Path) -> list[dict]:
+    return read_jsonl(Path(folder) / RESULTS_JSONL)
+
+
+def _append_result(folder: Path, row: dict) -> None:
+    append_jsonl(folder / RESULTS_JSONL, row)
+    write_csv(read_results(folder), folder / RESULTS_CSV)
 
 
 def _same_spec(row: dict, spec: dict) -> bool:
